@@ -1,0 +1,1 @@
+"""The `bounds` command line."""

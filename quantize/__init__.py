@@ -1,0 +1,33 @@
+"""Weights → self-delimiting code word → the exact decoded weights.
+
+``compress`` quantizes and entropy codes a model into a :class:`Code` whose ``bits`` is a
+prefix-free code length K; ``Code.decode`` returns the weights the bound is about. ``search``
+tries a declared grid of configurations, ``finetune`` runs quantization-aware training.
+Priors (fixed before the data) supply reference weights θ0 and the layout.
+"""
+
+from .code import Code
+from .compress import QuantConfig, compress
+from .errors import CodeError
+from .finetune import finetune
+from .priors import InitPrior, NoPrior, ReferencePrior
+from .search import Candidate, SearchResult, default_grid, grid_fingerprint, product_grid, search
+from .subspace import Subspace
+
+__all__ = [
+    "Candidate",
+    "Code",
+    "CodeError",
+    "InitPrior",
+    "NoPrior",
+    "QuantConfig",
+    "ReferencePrior",
+    "SearchResult",
+    "Subspace",
+    "compress",
+    "default_grid",
+    "finetune",
+    "grid_fingerprint",
+    "product_grid",
+    "search",
+]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .binomial import binom_tail_inv, log_binom_cdf
 from .catoni import DEFAULT_BETA_GRID
+from .certificate import Certificate
 from .errors import InvalidInput
 from .kl import kl, kl_inv
 from .ledger import Ledger
@@ -23,9 +24,11 @@ __all__ = [
     "OCCAM_METHODS",
     "PAC_BAYES_METHODS",
     "Bound",
+    "Certificate",
     "InvalidInput",
     "Ledger",
     "binom_tail_inv",
+    "certify",
     "elias_delta_bits",
     "kl",
     "kl_inv",
@@ -35,3 +38,12 @@ __all__ = [
     "pac_bayes_bound",
     "test_set_bound",
 ]
+
+
+def __getattr__(name: str):
+    # The pipeline needs torch; load it on first use so `import bounds` stays light.
+    if name == "certify":
+        from .certify import certify
+
+        return certify
+    raise AttributeError(f"module 'bounds' has no attribute {name!r}")

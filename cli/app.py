@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from . import formula
-from .output import err_console
+from . import compute, formula
 
 app = typer.Typer(
     name="bounds",
@@ -14,15 +15,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(formula.app, name="formula")
+app.command()(compute.compute)
+app.command()(compute.verify)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; bad input ends with one line on standard error and exit code 2."""
     try:
         app(args=argv, prog_name="bounds")
-    except ValueError as error:  # InvalidInput, CodeError and other bad-input errors
-        err_console.print(f"error: {error}", highlight=False, markup=False)
-        raise SystemExit(2) from None
-    except OSError as error:
-        err_console.print(f"error: {error}", highlight=False, markup=False)
+    except (ValueError, OSError) as error:  # InvalidInput, CodeError, unreadable files
+        # One unwrapped line, whatever the terminal width.
+        message = " ".join(str(error).split())
+        sys.stderr.write(f"error: {message}\n")
         raise SystemExit(2) from None

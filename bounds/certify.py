@@ -1,0 +1,313 @@
+"""The pipeline: trained model → code word → decoded model → training errors → bounds.
+
+The invariant (DESIGN.md): every bound is about the decoded model, and K counts every bit
+of the code word that decodes to exactly those weights. The quantization configuration is
+chosen after looking at the training data, so its index in the declared grid is in the
+code word; the grid itself, the architecture and the prior are fixed before the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .certificate import Certificate, TestResult, TrainResult
+from .evaluate import Evaluation, as_loader, evaluate
+from .occam import OCCAM_METHODS, occam_bound
+from .progress import progress_bar
+from .test_set import test_set_bound
+
+DEFAULT_METHODS = ("binomial", "kl", "catoni")
+
+
+def default_grid() -> list[dict[str, Any]]:
+    """4, 8, 16 or 32 levels × k-means or uniform × one codebook or one per tensor (16)."""
+    from quantize import product_grid
+
+    return product_grid(levels=(4, 8, 16, 32), schemes=("kmeans", "uniform"))
+
+
+def load_decoded(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of `model` carrying the decoded tensors (exactly those, nothing else)."""
+    decoded = copy.deepcopy(model)
+    if hasattr(decoded, "load_coded_state"):
+        decoded.load_coded_state(state)
+    else:
+        decoded.load_state_dict(state, strict=True)
+    return decoded
+
+
+def describe_prior(prior: Any) -> dict[str, Any]:
+    """The prior's description and fingerprint, or a note that the code carries everything."""
+    if prior is None:
+        return {"kind": "none", "fingerprint": None, "note": "θ0 = 0; layout in the code word"}
+    description = dict(prior.describe())
+    description["fingerprint"] = prior.fingerprint()
+    return description
+
+
+def _versions() -> dict[str, str]:
+    import constriction
+    import numpy
+    import scipy
+    import zstandard
+
+    from . import __version__
+
+    return {
+        "bounds": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "constriction": getattr(constriction, "__version__", "unknown"),
+        "zstandard": zstandard.__version__,
+    }
+
+
+def occam_bounds(n: int, code_bits: int, errors: int, delta: float, methods: Sequence[str]):
+    """Every requested Occam bound for k errors out of n with a K-bit code."""
+    unknown = set(methods) - set(OCCAM_METHODS)
+    if unknown or not methods:
+        raise ValueError(f"methods must be a non-empty subset of {OCCAM_METHODS}")
+    return {m: occam_bound(n, code_bits, delta, errors=errors, method=m) for m in methods}
+
+
+def certify(
+    model: torch.nn.Module,
+    train_data,
+    *,
+    prior: Any = None,
+    test_data=None,
+    delta: float = 0.05,
+    grid: Sequence[Mapping[str, Any]] | None = None,
+    qat_epochs: int = 0,
+    qat_lr: float = 1e-4,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    device: str = "cpu",
+    batch_size: int = 1024,
+    architecture: str | None = None,
+    quiet: bool = True,
+) -> Certificate:
+    """Certify the generalization error of `model` from its compressed size.
+
+    Evaluates the float model on `train_data`; compresses it with every configuration of
+    `grid` (default `default_grid()`) and evaluates each decoded model; keeps the one with
+    the smallest binomial Occam bound (its grid index is in the code word); optionally
+    fine-tunes it with quantization-aware training for `qat_epochs`; and bounds the decoded
+    model's true error with each of `methods` at confidence 1 − δ. With `test_data`, the
+    decoded model's held-out error gets its own test-set bound (a separate claim at δ).
+    """
+    from quantize import Code, finetune, grid_fingerprint, search
+    from quantize.compress import coded_state
+
+    occam_bounds(1, 0, 0, delta, methods)  # validate δ and methods before any work
+    grid = list(default_grid() if grid is None else grid)
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = work()
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+    def run(module: torch.nn.Module, data, description: str) -> Evaluation:
+        return evaluate(
+            module, data, device=device, batch_size=batch_size, quiet=quiet, description=description
+        )
+
+    model = model.to("cpu")
+    _, prior = coded_state(model, prior)
+    float_eval = timed("float_evaluation", lambda: run(model, train_data, "float model"))
+    n = float_eval.n
+
+    def score(state: Mapping[str, torch.Tensor]) -> Evaluation:
+        return run(load_decoded(model, state), train_data, "candidate")
+
+    with progress_bar("quantization search", len(grid), quiet) as steps:
+        result = timed(
+            "search",
+            lambda: search(model, score, grid, prior, progress=lambda candidate: steps.advance()),
+        )
+
+    def headline(bits: int, errors: int) -> float:
+        return occam_bound(n, bits, delta, errors=errors, method="binomial").value
+
+    candidates = [
+        {
+            "index": c.index,
+            "config": c.config,
+            "bits": c.bits,
+            "errors": c.risk.errors,
+            "bound": headline(c.bits, c.risk.errors),
+        }
+        for c in result.candidates
+    ]
+    code = result.best(key=lambda c: (headline(c.bits, c.risk.errors), c.bits)).code
+
+    qat: dict[str, Any] = {"epochs": qat_epochs}
+    if qat_epochs > 0:
+        qat["lr"] = qat_lr
+        tuned = copy.deepcopy(model)
+        loader = DataLoader(as_loader(train_data).dataset, batch_size=256, shuffle=True)
+        with progress_bar("quantization-aware fine-tuning", qat_epochs, quiet) as steps:
+            code = timed(
+                "qat",
+                lambda: finetune(
+                    tuned,
+                    code,
+                    loader,
+                    qat_epochs,
+                    qat_lr,
+                    prior=prior,
+                    progress=lambda epoch, loss: steps.advance(),
+                ),
+            )
+
+    # The bound is about what the project's decoder makes of the bytes, so evaluate that.
+    word = code.to_bytes()
+    decoded = load_decoded(model, Code.from_bytes(word, prior).decode(prior))
+    quantized_eval = timed("evaluation", lambda: run(decoded, train_data, "decoded model"))
+    bounds = timed(
+        "bound", lambda: occam_bounds(n, code.bits, quantized_eval.errors, delta, methods)
+    )
+    test = None
+    if test_data is not None:
+        test_eval = timed("test_evaluation", lambda: run(decoded, test_data, "test set"))
+        test = TestResult(
+            m=test_eval.n,
+            errors=test_eval.errors,
+            loss=test_eval.mean_loss,
+            bound=test_set_bound(test_eval.n, test_eval.errors, delta),
+        )
+
+    return Certificate(
+        train=TrainResult(
+            n=n,
+            float_errors=float_eval.errors,
+            quantized_errors=quantized_eval.errors,
+            float_loss=float_eval.mean_loss,
+            quantized_loss=quantized_eval.mean_loss,
+        ),
+        bounds=bounds,
+        code_bits=code.bits,
+        num_params=code.num_params,
+        code_breakdown=dict(code.breakdown),
+        code_config=dict(code.config),
+        code_sha256=hashlib.sha256(word).hexdigest(),
+        grid_index=code.grid_index,
+        grid=grid,
+        grid_fingerprint=grid_fingerprint(grid),
+        candidates=candidates,
+        prior=describe_prior(prior),
+        architecture=architecture or type(model).__qualname__,
+        delta=delta,
+        test=test,
+        qat=qat,
+        timings=timings,
+        versions=_versions(),
+        code=code,
+    )
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What `reproduce` recomputed from a code word, and how it compares with a claim."""
+
+    n: int
+    errors: int
+    code_bits: int
+    code_sha256: str
+    bounds: dict[str, Any]
+    report: list[str]
+    mismatches: list[str]
+
+
+def reproduce(
+    word: bytes,
+    model: torch.nn.Module,
+    train_data,
+    *,
+    prior: Any = None,
+    certificate: Mapping[str, Any] | None = None,
+    delta: float | None = None,
+    methods: Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int = 1024,
+    quiet: bool = True,
+) -> Reproduction:
+    """Decode `word` into `model`'s architecture, re-evaluate, recompute every bound.
+
+    With a `certificate` (its JSON dict) δ and the methods come from it, and every number
+    it states about the code word, the training errors and the bounds must match exactly;
+    differences are listed in `mismatches`. A corrupted word raises quantize.CodeError.
+    """
+    from quantize import Code
+    from quantize.compress import coded_state
+
+    _, prior = coded_state(model, prior)
+    code = Code.from_bytes(word, prior)
+    decoded = load_decoded(model, code.decode(prior))
+    evaluation = evaluate(
+        decoded,
+        train_data,
+        device=device,
+        batch_size=batch_size,
+        quiet=quiet,
+        description="decoded model",
+    )
+    if certificate is not None:
+        delta = certificate["delta"]
+        methods = [bound["method"] for bound in certificate["bounds"]]
+    bounds = occam_bounds(
+        evaluation.n,
+        code.bits,
+        evaluation.errors,
+        0.05 if delta is None else delta,
+        methods or DEFAULT_METHODS,
+    )
+    sha256 = hashlib.sha256(word).hexdigest()
+    report = [
+        f"code word: {code.bits} bits, sha256 {sha256}",
+        f"decoded model: {evaluation.errors} errors on {evaluation.n} training examples",
+    ]
+    report += [f"{name} bound: {bound.value:.6f}" for name, bound in bounds.items()]
+    mismatches: list[str] = []
+    if certificate is not None:
+        claimed = {
+            "code sha256": certificate["code"]["sha256"],
+            "code bits": certificate["code"]["bits"],
+            "training examples": certificate["train"]["n"],
+            "training errors": certificate["train"]["quantized_errors"],
+        }
+        claimed |= {f"{b['method']} bound": b["value"] for b in certificate["bounds"]}
+        found = {
+            "code sha256": sha256,
+            "code bits": code.bits,
+            "training examples": evaluation.n,
+            "training errors": evaluation.errors,
+        }
+        found |= {f"{name} bound": bound.value for name, bound in bounds.items()}
+        mismatches = [
+            f"{key}: certificate says {claimed[key]}, recomputed {found[key]}"
+            for key in claimed
+            if claimed[key] != found[key]
+        ]
+        report.append("certificate: " + ("MISMATCH" if mismatches else "verified"))
+    return Reproduction(
+        n=evaluation.n,
+        errors=evaluation.errors,
+        code_bits=code.bits,
+        code_sha256=sha256,
+        bounds=bounds,
+        report=report,
+        mismatches=mismatches,
+    )

@@ -1,0 +1,278 @@
+"""Turning command-line specs into models, data and priors.
+
+Specs:
+- architecture: ``module:factory`` or ``module:factory:key=value,key=value`` (values are
+  Python literals; anything else is a string).
+- data: ``mnist1d`` or ``mnist1d:n=60000,m=10000,seed=0,split=train``; ``file.npz``
+  (arrays x, y); ``file.pt`` (a dict with tensors x, y, or a pair); ``module:function``
+  (returns a Dataset or DataLoader; same key=value options as factories).
+- prior: ``init:SEED`` (the architecture's initialization under that seed) or a state-dict
+  file of reference weights θ0 (a pretrained base).
+Every failure is a ValueError with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import os
+import pickle
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+SUBSPACE_FORMAT = "bounds.subspace/1"
+
+
+def _parse_options(text: str, what: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} options must look like key=value, got {item!r}")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return options
+
+
+def resolve_callable(spec: str, what: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """Import ``module:name[:options]`` and return the callable with its keyword options."""
+    module_name, sep, rest = spec.partition(":")
+    name, _, option_text = rest.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"{what} must look like module:function, got {spec!r}")
+    if os.getcwd() not in sys.path:  # let users point at a module next to their data
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import module {module_name!r} for the {what}: {error}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"module {module_name!r} has no callable {name!r} (the {what})")
+    return function, _parse_options(option_text, what)
+
+
+def build_architecture(spec: str) -> nn.Module:
+    """Call the factory named by an architecture spec and check it returns an nn.Module."""
+    factory, options = resolve_callable(spec, "architecture")
+    model = factory(**options)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the architecture factory {spec!r} did not return an nn.Module")
+    return model
+
+
+def _existing_file(path: str | os.PathLike[str], what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist or is not a file")
+    return path
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _torch_load(path: Path, trust_pickle: bool, what: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):
+            raise ValueError(f"{what} {str(path)!r} is not a readable PyTorch file") from None
+        if not trust_pickle:
+            raise ValueError(
+                f"{what} {str(path)!r} holds pickled Python objects, and loading them would run "
+                "code from the file. Save a state dict instead (torch.save(model.state_dict(), "
+                "path)) and pass --arch, or pass --trust-pickle if you trust the file."
+            ) from None
+    except Exception:  # noqa: BLE001 - torch raises many types on a file that is not its own
+        raise ValueError(f"{what} {str(path)!r} is not a readable PyTorch file") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any failure of a trusted unpickle is reported
+        raise ValueError(f"cannot unpickle {what} {str(path)!r}: {error}") from None
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """load_state_dict(strict=True) with one message naming every mismatch."""
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{source} is not a state dict (name → tensor)")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{name} {tuple(state[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches (file vs architecture): {shapes}")
+    if problems:
+        raise ValueError(f"{source} does not fit the architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to certify, the spec that built it, and what kind of file it came from."""
+
+    model: nn.Module
+    architecture: str
+    kind: str
+
+
+def load_model(path: str, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load MODEL: a state dict or .safetensors (with --arch), a Subspace checkpoint, a
+    TorchScript archive, or (only with `trust_pickle`) a pickled nn.Module."""
+    file = _existing_file(path, "model file")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(
+                f"model file {path!r} is not a valid safetensors file: {error}"
+            ) from None
+        return _from_state_dict(state, arch, path)
+    if _is_torchscript(file):
+        return LoadedModel(
+            torch.jit.load(str(file), map_location="cpu"), f"torchscript:{path}", "torchscript"
+        )
+    content = _torch_load(file, trust_pickle, "model file")
+    if isinstance(content, nn.Module):
+        return LoadedModel(content, type(content).__qualname__, "pickled module")
+    if isinstance(content, dict) and content.get("format") == SUBSPACE_FORMAT:
+        return _subspace(content, arch, path)
+    if isinstance(content, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(content.get(key), dict):
+                content = content[key]
+                break
+        return _from_state_dict(content, arch, path)
+    raise ValueError(f"model file {path!r} holds a {type(content).__name__}, not a model")
+
+
+def _from_state_dict(state: dict, arch: str | None, path: str) -> LoadedModel:
+    if arch is None:
+        raise ValueError(
+            f"model file {path!r} is a state dict; pass --arch module:factory to build the model"
+        )
+    model = load_state_into(build_architecture(arch), state, f"model file {path!r}")
+    return LoadedModel(model, arch, "state dict")
+
+
+def _subspace(checkpoint: dict, arch: str | None, path: str) -> LoadedModel:
+    from quantize import Subspace
+
+    metadata = checkpoint.get("metadata") or {}
+    if arch is None and metadata.get("arch"):
+        options = metadata.get("arch_kwargs") or {}
+        arch = metadata["arch"] + (
+            ":" + ",".join(f"{k}={v!r}" for k, v in options.items()) if options else ""
+        )
+    if arch is None:
+        raise ValueError(
+            f"subspace checkpoint {path!r} names no architecture; pass --arch module:factory"
+        )
+    return LoadedModel(
+        Subspace.from_checkpoint(checkpoint, build_architecture(arch)), arch, "subspace checkpoint"
+    )
+
+
+def load_data(spec: str, *, default_split: str = "train", trust_pickle: bool = False):
+    """A Dataset (or DataLoader) for a data spec; see the module docstring for the forms."""
+    name, _, option_text = spec.partition(":")
+    if name == "mnist1d":
+        from bounds.datasets import MNIST1DSpec, mnist1d
+
+        options = _parse_options(option_text, "mnist1d")
+        split = options.pop("split", default_split)
+        unknown = set(options) - {"n", "m", "seed"}
+        if unknown:
+            raise ValueError(f"unknown mnist1d options {sorted(unknown)}; use n, m, seed, split")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in options.values()):
+            raise ValueError("mnist1d options n, m and seed must be integers")
+        return mnist1d(MNIST1DSpec(**options), split=split)
+    if spec.endswith(".npz"):
+        file = _existing_file(spec, "data file")
+        try:
+            with np.load(file, allow_pickle=False) as arrays:
+                if "x" not in arrays.files or "y" not in arrays.files:
+                    raise ValueError(f"data file {spec!r} must hold arrays named x and y")
+                x, y = arrays["x"], arrays["y"]
+        except (OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"data file {spec!r} is not a readable .npz file: {error}") from None
+        return _pair_dataset(torch.from_numpy(x), torch.from_numpy(y), spec)
+    if spec.endswith((".pt", ".pth")):
+        content = _torch_load(_existing_file(spec, "data file"), trust_pickle, "data file")
+        if isinstance(content, Dataset | DataLoader):
+            return content
+        if isinstance(content, dict) and "x" in content and "y" in content:
+            return _pair_dataset(content["x"], content["y"], spec)
+        if isinstance(content, list | tuple) and len(content) == 2:
+            return _pair_dataset(content[0], content[1], spec)
+        raise ValueError(f"data file {spec!r} must hold {{'x': tensor, 'y': tensor}} or (x, y)")
+    if ":" in spec:
+        function, options = resolve_callable(spec, "data function")
+        data = function(**options)
+        if not isinstance(data, Dataset | DataLoader):
+            raise ValueError(f"the data function {spec!r} must return a Dataset or DataLoader")
+        return data
+    raise ValueError(
+        f"unknown data spec {spec!r}: use mnist1d[:options], a .npz or .pt file, or module:function"
+    )
+
+
+def _pair_dataset(x: Any, y: Any, source: str) -> TensorDataset:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"data in {source!r} must be tensors or arrays")
+    if len(x) != len(y):
+        raise ValueError(f"data in {source!r} has {len(x)} inputs but {len(y)} labels")
+    if x.dtype == torch.float64:
+        x = x.float()
+    return TensorDataset(x, y)
+
+
+def load_prior(spec: str | None, arch: str | None):
+    """The prior for a prior spec: ``init:SEED`` or a state-dict file of reference weights."""
+    if spec is None:
+        return None
+    from quantize import InitPrior, ReferencePrior
+
+    if spec.startswith("init:"):
+        if arch is None:
+            raise ValueError("--prior init:SEED needs --arch (the factory it initializes)")
+        try:
+            seed = int(spec.removeprefix("init:"))
+        except ValueError:
+            raise ValueError(f"--prior init:SEED needs an integer seed, got {spec!r}") from None
+        factory, options = resolve_callable(arch, "architecture")
+        return InitPrior(functools.partial(factory, **options), seed)
+    content = _torch_load(_existing_file(spec, "prior file"), False, "prior file")
+    if not isinstance(content, dict) or not all(
+        isinstance(v, torch.Tensor) for v in content.values()
+    ):
+        raise ValueError(f"prior file {spec!r} must hold a state dict of reference weights")
+    return ReferencePrior(content, name=os.path.basename(spec))

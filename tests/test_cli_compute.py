@@ -1,0 +1,152 @@
+"""End to end: `bounds compute` on a small model, its JSON against the library, and verify."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_ARCH, SMALL_DATA
+
+import bounds
+from cli.app import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def computed(small_model, tmp_path_factory):
+    """compute once with --json and --save-code; return the paths."""
+    folder = tmp_path_factory.mktemp("compute")
+    cert, code = folder / "cert.json", folder / "small.code"
+    argv = ["compute", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+            "--test-data", SMALL_DATA, "--levels", "4,8", "--json", cert, "--save-code", code,
+            "--format", "json", "-q"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    assert exit_info.value.code == 0
+    return cert, code
+
+
+def test_json_numbers_match_the_library(computed):
+    cert_path, code_path = computed
+    cert = json.loads(cert_path.read_text())
+    assert cert["schema_version"] == 1
+    n, bits, errors = cert["train"]["n"], cert["code"]["bits"], cert["train"]["quantized_errors"]
+    assert n == 1500
+    assert cert["code"]["bits"] == sum(cert["code"]["breakdown"].values())
+    assert len(code_path.read_bytes()) == math.ceil(bits / 8)
+    for row in cert["bounds"]:
+        expected = bounds.occam_bound(n, bits, cert["delta"], errors=errors, method=row["method"])
+        assert row["value"] == expected.value
+    # 2 levels × 2 schemes × 2 groupings = 8 candidates: exactly 3 bits of the word.
+    assert cert["grid"]["size"] == 8 and cert["code"]["breakdown"]["config_choice"] == 3
+    test = cert["test"]
+    assert test["m"] == 300
+    assert test["bound"]["value"] == bounds.test_set_bound(300, test["errors"], 0.05).value
+    # The chosen candidate is the one with the smallest binomial bound.
+    best = min(cert["candidates"], key=lambda c: (c["bound"], c["bits"]))
+    assert best["index"] == cert["code"]["grid_index"]
+
+
+def test_verify_accepts_the_saved_code(computed, capsys):
+    cert, code = computed
+    status, out, _ = run(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+                         "--certificate", cert, "-q")  # fmt: skip
+    assert status == 0
+    assert "verified" in out
+
+
+def test_verify_rejects_a_tampered_code(computed, tmp_path, capsys):
+    cert, code = computed
+    data = bytearray(code.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    tampered = tmp_path / "tampered.code"
+    tampered.write_bytes(bytes(data))
+    status, _, err = run(capsys, "verify", tampered, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+                         "--certificate", cert, "-q")  # fmt: skip
+    assert status in (1, 2)
+    assert "error" in err or "mismatch" in err
+
+
+def test_verify_rejects_a_tampered_certificate(computed, tmp_path, capsys):
+    cert, code = computed
+    claimed = json.loads(cert.read_text())
+    claimed["bounds"][0]["value"] -= 0.01
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(claimed))
+    status, _, err = run(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+                         "--certificate", forged, "-q")  # fmt: skip
+    assert status == 1
+    assert "mismatch: binomial bound" in err
+
+
+def test_markdown_and_latex_formats(small_model, capsys):
+    base = ["compute", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "--levels", "8",
+            "--schemes", "kmeans", "-q"]  # fmt: skip
+    status, out, _ = run(capsys, *base, "--format", "markdown")
+    assert status == 0 and "| binomial bound |" in out
+    status, out, _ = run(capsys, *base, "--format", "latex")
+    assert status == 0 and r"\begin{tabular}" in out and "binomial bound" in out
+
+
+def _npz(path, x, y):
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+def bad_inputs(small_model, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a torch file")
+    pickled = tmp_path / "pickled.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    nan_state = torch.load(small_model, weights_only=True)
+    nan_state["0.weight"][0, 0, 0] = float("nan")
+    nan_model = tmp_path / "nan.pt"
+    torch.save(nan_state, nan_model)
+    x = np.zeros((10, 1, 40), dtype=np.float32)
+    wrong_shape = _npz(tmp_path / "shape.npz", np.zeros((10, 3), np.float32), np.zeros(10, int))
+    bad_labels = _npz(tmp_path / "labels.npz", x, np.full(10, 12))
+    empty = _npz(tmp_path / "empty.npz", x[:0], np.zeros(0, int))
+    corrupt = tmp_path / "corrupt.code"
+    corrupt.write_bytes(b"\x00\x01\x02")
+    model = ["compute", small_model, "--arch", SMALL_ARCH, "-q"]
+    return {
+        "missing file": (["compute", tmp_path / "nope.pt"], "does not exist"),
+        "not torch": (["compute", junk], "not a readable PyTorch file"),
+        "pickle": (["compute", pickled], "--trust-pickle"),
+        "architecture": (
+            ["compute", small_model, "--arch", "bounds.architectures:mnist1d_cnn"],
+            "does not fit the architecture",
+        ),  # fmt: skip
+        "data shape": ([*model, "--data", wrong_shape], "rejects inputs of shape"),
+        "labels": ([*model, "--data", bad_labels], "out of range"),
+        "nan": (["compute", nan_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "-q"], "NaN"),
+        "delta": ([*model, "--delta", "1.5"], "delta"),
+        "empty": ([*model, "--data", empty], "empty"),
+        "unwritable": ([*model, "--json", tmp_path / "no" / "dir" / "c.json"], "cannot write"),
+        "corrupt code": (["verify", corrupt, "--arch", SMALL_ARCH, "--data", SMALL_DATA], "code"),
+    }
+
+
+CASES = [
+    "missing file", "not torch", "pickle", "architecture", "data shape", "labels", "nan",
+    "delta", "empty", "unwritable", "corrupt code",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_2(case, small_model, tmp_path, capsys):
+    argv, message = bad_inputs(small_model, tmp_path)[case]
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert err.startswith("error: ")
+    assert message in err.replace("\n", " ")
+    assert "Traceback" not in err

@@ -1,7 +1,7 @@
 """bounds: certified generalization bounds from a model's compressed description length.
 
 The formulas here are pure numpy/scipy and import no torch; the pipeline (`certify`,
-`Certificate`) is loaded on first use.
+`reproduce`, `sweep`, which need torch) is loaded on first use.
 """
 
 from __future__ import annotations
@@ -36,14 +36,20 @@ __all__ = [
     "log_xi",
     "occam_bound",
     "pac_bayes_bound",
+    "reproduce",
+    "sweep",
     "test_set_bound",
 ]
 
 
 def __getattr__(name: str):
     # The pipeline needs torch; load it on first use so `import bounds` stays light.
-    if name == "certify":
-        from .certify import certify
+    if name in ("certify", "reproduce"):
+        from . import pipeline
 
-        return certify
+        return getattr(pipeline, name)
+    if name == "sweep":
+        from .model_sweep import sweep
+
+        return sweep
     raise AttributeError(f"module 'bounds' has no attribute {name!r}")

@@ -67,7 +67,9 @@ def evaluate(
     """
     loader = as_loader(data, batch_size)
     n = dataset_size(loader)
-    model = model.to(device).eval()
+    if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
+        model = model.to(device)
+    model.eval()
     errors, loss_sum, seen = 0, 0.0, 0
     with progress_bar(description, n, quiet) as steps:
         for batch in loader:

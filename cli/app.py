@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import compute, formula
+from . import compute, formula, sweep
 
 app = typer.Typer(
     name="bounds",
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(formula.app, name="formula")
 app.command()(compute.compute)
 app.command()(compute.verify)
+app.command()(sweep.sweep)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,7 +118,7 @@ def compute(
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
     import bounds
-    from bounds.certify import certify
+    from bounds.pipeline import certify
 
     from .specs import load_data, load_model, load_prior
 
@@ -181,7 +181,7 @@ def verify(
     quiet: Quiet = False,
 ) -> None:
     """Decode CODE, re-evaluate it on DATA, recompute the bounds; exit 1 on any difference."""
-    from bounds.certify import reproduce
+    from bounds.pipeline import reproduce
 
     from .specs import build_architecture, load_data, load_model, load_prior
 

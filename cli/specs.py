@@ -19,6 +19,7 @@ import importlib
 import os
 import pickle
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,9 +158,11 @@ def load_model(path: str, arch: str | None = None, *, trust_pickle: bool = False
             ) from None
         return _from_state_dict(state, arch, path)
     if _is_torchscript(file):
-        return LoadedModel(
-            torch.jit.load(str(file), map_location="cpu"), f"torchscript:{path}", "torchscript"
-        )
+        with warnings.catch_warnings():  # torch marks TorchScript deprecated; it still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return LoadedModel(
+                torch.jit.load(str(file), map_location="cpu"), f"torchscript:{path}", "torchscript"
+            )
     content = _torch_load(file, trust_pickle, "model file")
     if isinstance(content, nn.Module):
         return LoadedModel(content, type(content).__qualname__, "pickled module")

@@ -50,9 +50,13 @@ class SearchResult:
         return grid_fingerprint(self.grid)
 
     def best(self, key: Callable[[Candidate], Any] | None = None) -> Candidate:
-        """The candidate minimising ``key`` (default: risk, then bits; risk must be a number)."""
+        """The evaluated candidate minimising ``key`` (default: risk, then bits; risk must be
+        a number). Skipped candidates (risk None) never win."""
+        evaluated = [candidate for candidate in self.candidates if candidate.risk is not None]
+        if not evaluated:
+            raise ValueError("every candidate was skipped; nothing to choose from")
         if key is None:
-            for candidate in self.candidates:
+            for candidate in evaluated:
                 if not isinstance(candidate.risk, (int, float)) or math.isnan(candidate.risk):
                     raise ValueError(
                         "the default key needs evaluate() to return a number; pass key=..."
@@ -61,7 +65,7 @@ class SearchResult:
             def key(candidate: Candidate) -> tuple[float, int]:
                 return (float(candidate.risk), candidate.bits)
 
-        return min(self.candidates, key=key)
+        return min(evaluated, key=key)
 
 
 def product_grid(
@@ -97,25 +101,35 @@ def search(
     prior: Any = None,
     *,
     progress: Callable[[Candidate], None] | None = None,
+    skip: Callable[[Code], bool] | None = None,
 ) -> SearchResult:
     """Compress ``weights`` with every configuration of ``grid`` and evaluate each decoded model.
 
     ``evaluate(decoded_state_dict)`` returns the training risk (or anything ``best(key)`` can
     rank). ``grid`` is a list of configuration dicts with keys among levels, scheme, coder,
     groups, precision (missing keys take :func:`quantize.compress` defaults).
+
+    Candidates are evaluated from the shortest code word up; ``skip(code)``, asked just before
+    each evaluation, may spare one that cannot win (for example, whose bound with zero
+    errors is already no better than the best so far). A skipped candidate has risk None.
+    Candidates are returned in grid order.
     """
     grid = tuple(dict(config) for config in grid)
     if not grid:
         raise ValueError("the grid is empty")
     configs = [_full_config(config) for config in grid]
     state, prior = coded_state(weights, prior)
-    candidates = []
-    for index, config in enumerate(configs):
-        code = encode_state(state, prior, config, grid_index=index, grid_size=len(grid))
-        candidate = Candidate(index, config.as_dict(), code, evaluate(code.decode()))
-        candidates.append(candidate)
+    codes = [
+        encode_state(state, prior, config, grid_index=index, grid_size=len(grid))
+        for index, config in enumerate(configs)
+    ]
+    candidates: list[Candidate | None] = [None] * len(grid)
+    for index in sorted(range(len(grid)), key=lambda i: (codes[i].bits, i)):
+        code = codes[index]
+        risk = None if skip is not None and skip(code) else evaluate(code.decode())
+        candidates[index] = Candidate(index, configs[index].as_dict(), code, risk)
         if progress is not None:
-            progress(candidate)
+            progress(candidates[index])
     return SearchResult(grid, tuple(candidates))
 
 

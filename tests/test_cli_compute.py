@@ -51,9 +51,13 @@ def test_json_numbers_match_the_library(computed):
     test = cert["test"]
     assert test["m"] == 300
     assert test["bound"]["value"] == bounds.test_set_bound(300, test["errors"], 0.05).value
-    # The chosen candidate is the one with the smallest binomial bound.
-    best = min(cert["candidates"], key=lambda c: (c["bound"], c["bits"]))
+    # The chosen candidate has the smallest binomial bound; a skipped candidate's bound
+    # with zero errors was already no better than that.
+    evaluated = [c for c in cert["candidates"] if c["bound"] is not None]
+    best = min(evaluated, key=lambda c: (c["bound"], c["bits"]))
     assert best["index"] == cert["code"]["grid_index"]
+    for skipped in (c for c in cert["candidates"] if c["bound"] is None):
+        assert bounds.occam_bound(n, skipped["bits"], 0.05, errors=0).value >= best["bound"]
 
 
 def test_verify_accepts_the_saved_code(computed, capsys):
@@ -150,3 +154,46 @@ def test_bad_input_is_one_line_and_exit_2(case, small_model, tmp_path, capsys):
     assert err.startswith("error: ")
     assert message in err.replace("\n", " ")
     assert "Traceback" not in err
+
+
+def _model_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from bounds.architectures import mnist1d_cnn
+    from quantize import Subspace
+
+    torch.manual_seed(1)
+    model = mnist1d_cnn(width=4)
+    torch.jit.script(model).save(tmp_path / "scripted.pt")
+    save_file(model.state_dict(), tmp_path / "weights.safetensors")
+    torch.save(model, tmp_path / "pickled.pt")
+    metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": 4}}
+    Subspace(mnist1d_cnn(width=4), 40, seed=0, metadata=metadata).save(tmp_path / "subspace.pt")
+    return model
+
+
+@pytest.mark.parametrize(
+    "file, extra, architecture, prior_kind",
+    [
+        ("scripted.pt", [], "torchscript:", "none"),
+        (
+            "weights.safetensors",
+            ["--arch", "bounds.architectures:mnist1d_cnn:width=4"],
+            "bounds.architectures:mnist1d_cnn:width=4",
+            "none",
+        ),  # fmt: skip
+        ("pickled.pt", ["--trust-pickle"], "Sequential", "none"),
+        ("subspace.pt", [], "bounds.architectures:mnist1d_cnn:width=4", "subspace"),
+    ],
+)
+def test_every_model_kind_loads(file, extra, architecture, prior_kind, tmp_path, capsys):
+    model = _model_files(tmp_path)
+    argv = ["compute", tmp_path / file, *extra, "--data", "mnist1d:n=300,m=50,seed=4",
+            "--levels", "4", "--schemes", "kmeans", "--format", "json", "-q"]  # fmt: skip
+    status, out, _ = run(capsys, *argv)
+    assert status == 0
+    cert = json.loads(out)
+    assert cert["architecture"].startswith(architecture)
+    assert cert["prior"]["kind"] == prior_kind
+    coded = 40 if prior_kind == "subspace" else sum(p.numel() for p in model.parameters())
+    assert cert["code"]["num_params"] == coded

@@ -101,3 +101,29 @@ def test_search_rejects_bad_grids_and_unrankable_risks():
     with pytest.raises(ValueError, match="key="):
         result.best()
     assert result.best(key=lambda c: c.risk["loss"]).index == 0
+
+
+def test_search_evaluates_shortest_first_and_honours_skip():
+    weights = _weights()
+    grid = product_grid(levels=(2, 4, 16), groups=("global", "tensor"))
+    order: list[int] = []
+    threshold = sorted(c.bits for c in search(weights, lambda d: 0.0, grid).candidates)[2]
+
+    def evaluate(decoded):
+        order.append(len(order))
+        return _squared_error(weights)(decoded)
+
+    seen_bits: list[int] = []
+
+    def skip(code):
+        seen_bits.append(code.bits)
+        return code.bits > threshold
+
+    result = search(weights, evaluate, grid, skip=skip)
+    assert seen_bits == sorted(seen_bits)  # asked in order of code length
+    skipped = [c for c in result.candidates if c.risk is None]
+    assert {c.index for c in skipped} == {c.index for c in result.candidates if c.bits > threshold}
+    assert len(order) == len(grid) - len(skipped)
+    assert result.best().risk is not None
+    with pytest.raises(ValueError, match="skipped"):
+        search(weights, evaluate, grid, skip=lambda code: True).best()

@@ -124,30 +124,41 @@ def certify(
             module, data, device=device, batch_size=batch_size, quiet=quiet, description=description
         )
 
-    model = model.to("cpu")
     _, prior = coded_state(model, prior)
     float_eval = timed("float_evaluation", lambda: run(model, train_data, "float model"))
     n = float_eval.n
 
+    def headline(bits: int, errors: int) -> float:
+        return occam_bound(n, bits, delta, errors=errors, method="binomial").value
+
+    # Candidates come shortest first; one whose bound with zero errors is no better than
+    # the best bound so far cannot win (the bound grows with errors), so it is not evaluated.
+    best_so_far = [float("inf")]
+
     def score(state: Mapping[str, torch.Tensor]) -> Evaluation:
         return run(load_decoded(model, state), train_data, "candidate")
 
+    def hopeless(code) -> bool:
+        return headline(code.bits, 0) >= best_so_far[0]
+
+    def record(candidate) -> None:
+        if candidate.risk is not None:
+            bound = headline(candidate.bits, candidate.risk.errors)
+            best_so_far[0] = min(best_so_far[0], bound)
+        steps.advance()
+
     with progress_bar("quantization search", len(grid), quiet) as steps:
         result = timed(
-            "search",
-            lambda: search(model, score, grid, prior, progress=lambda candidate: steps.advance()),
+            "search", lambda: search(model, score, grid, prior, progress=record, skip=hopeless)
         )
-
-    def headline(bits: int, errors: int) -> float:
-        return occam_bound(n, bits, delta, errors=errors, method="binomial").value
 
     candidates = [
         {
             "index": c.index,
             "config": c.config,
             "bits": c.bits,
-            "errors": c.risk.errors,
-            "bound": headline(c.bits, c.risk.errors),
+            "errors": None if c.risk is None else c.risk.errors,
+            "bound": None if c.risk is None else headline(c.bits, c.risk.errors),
         }
         for c in result.candidates
     ]

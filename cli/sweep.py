@@ -1,0 +1,217 @@
+"""`bounds sweep MODEL...`: certify a family of models and tabulate or plot the bounds.
+
+MODEL arguments: a model file, a directory (every *.pt, *.pth and *.safetensors file in it,
+sorted by name) or a glob pattern (its matches, sorted; a pattern matching nothing is an
+error). Architectures: ``--arch`` given once builds every model; given once per model it is
+paired with the model files in the order they are listed after expansion (a state dict
+that does not fit its architecture is an error, so a wrong pairing cannot pass silently);
+omitted, each checkpoint must name its own (subspace checkpoints saved with metadata
+``{"arch": ..., "arch_kwargs": {...}}``).
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .compute import Format, Quiet, TrustPickle, _grid, _writable
+from .output import console, err_console
+
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
+_GLOB_CHARACTERS = "*?["
+
+
+def expand_models(specs: list[str]) -> list[Path]:
+    """The model files named by files, directories and glob patterns, each once."""
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES)
+            if not found:
+                raise ValueError(
+                    f"model directory {spec!r} holds no {', '.join(MODEL_SUFFIXES)} files"
+                )
+        elif path.is_file():
+            found = [path]
+        elif any(char in spec for char in _GLOB_CHARACTERS):
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            if not found:
+                raise ValueError(f"model pattern {spec!r} matches no file")
+        else:
+            raise ValueError(f"model file {spec!r} does not exist")
+        files += found
+    seen: dict[Path, Path] = {}
+    for file in files:
+        if file.resolve() in seen:
+            raise ValueError(f"model file {str(file)!r} is named twice (by a file, folder or glob)")
+        seen[file.resolve()] = file
+    return files
+
+
+def model_names(files: list[Path]) -> list[str]:
+    """File names when they tell the models apart, the paths as given otherwise."""
+    names = [file.name for file in files]
+    return names if len(set(names)) == len(names) else [str(file) for file in files]
+
+
+def architectures(arch: list[str] | None, count: int) -> list[str | None]:
+    """One architecture spec (or None: read it from the checkpoint) per model."""
+    if not arch:
+        return [None] * count
+    if len(arch) == 1:
+        return arch * count
+    if len(arch) != count:
+        raise ValueError(
+            f"--arch is given {len(arch)} times for {count} models: give it once (for every "
+            "model) or once per model, in the order of the model files"
+        )
+    return list(arch)
+
+
+def sweep_table(result) -> Table:
+    header, cells = result.table()
+    table = Table(title=result.claim, title_justify="left", caption=result.shares_text())
+    table.caption_justify = "left"
+    for index, name in enumerate(header):
+        # Fold, never truncate: an ellipsis would hide digits of a bound.
+        table.add_column(name, justify="left" if index == 0 else "right", overflow="fold")
+    for line in cells:
+        table.add_row(*line)
+    return table
+
+
+def render(result, fmt: Format) -> None:
+    if fmt is Format.json:
+        typer.echo(result.to_json())
+    elif fmt is Format.markdown:
+        typer.echo(result.to_markdown(), nl=False)
+    elif fmt is Format.latex:
+        typer.echo(result.to_latex(), nl=False)
+    else:
+        console.print(sweep_table(result))
+
+
+OutputPath = Optional[Path]  # noqa: UP045 - Typer reads the annotation at run time
+
+
+def sweep(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model files, directories (every *.pt, *.pth, *.safetensors inside) or glob "
+            "patterns.",
+            metavar="MODEL",
+            show_default=False,
+        ),
+    ],
+    arch: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="Architecture factory, module:factory[:key=value,...]: once for every model, "
+            "or once per model in the order of the expanded model files. Omit it for "
+            "checkpoints that name their architecture."
+        ),
+    ] = None,
+    data: Annotated[str, typer.Option(help="Training data spec.")] = "mnist1d",
+    test_data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Held-out data spec; adds the test error and a test-set bound."),
+    ] = None,
+    delta: Annotated[float, typer.Option(help="Confidence budget δ.")] = 0.05,
+    simultaneous: Annotated[
+        bool,
+        typer.Option(
+            "--simultaneous/--separate",
+            help="Split δ evenly over the models so every row holds at once, or make each "
+            "row a separate claim at δ.",
+        ),
+    ] = False,
+    levels: Annotated[str, typer.Option(help="Quantization levels to search.")] = "4,8,16,32",
+    schemes: Annotated[str, typer.Option(help="Quantizers to search.")] = "kmeans,uniform",
+    coder: Annotated[str, typer.Option(help="Payload coder: auto, range or zstd.")] = "auto",
+    qat_epochs: Annotated[int, typer.Option(help="Quantization-aware fine-tuning epochs.")] = 0,
+    qat_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning.")] = 1e-4,
+    plot: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(help="Write the figure here (.png or .pdf); repeat for both."),
+    ] = None,
+    json_path: Annotated[
+        OutputPath, typer.Option("--json", help="Also write the sweep as JSON here.")
+    ] = None,
+    latex_path: Annotated[
+        OutputPath, typer.Option("--latex", help="Also write the LaTeX table here.")
+    ] = None,
+    markdown_path: Annotated[
+        OutputPath, typer.Option("--markdown", help="Also write the Markdown table here.")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    trust_pickle: TrustPickle = False,
+    device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Certify every MODEL on DATA: one row per model, sorted by parameter count."""
+    import bounds
+    from bounds.plot import check_plot_path, plot_sweep
+
+    from .specs import load_data, load_model
+
+    bounds.Ledger(delta)  # validates δ before any work
+    plots = [check_plot_path(path) for path in plot or []]
+    outputs = [
+        *((path, "plot") for path in plots),
+        (json_path, "JSON output"),
+        (latex_path, "LaTeX output"),
+        (markdown_path, "Markdown output"),
+    ]
+    for path, what in outputs:
+        _writable(path, what)
+    grid = _grid(levels, schemes, coder)
+    files = expand_models(models)
+    specs = architectures(arch, len(files))
+
+    loaded = [
+        load_model(str(file), spec, trust_pickle=trust_pickle)
+        for file, spec in zip(files, specs, strict=True)
+    ]
+    named = dict(zip(model_names(files), loaded, strict=True))
+    train = load_data(data, trust_pickle=trust_pickle)
+    test = (
+        None
+        if test_data is None
+        else load_data(test_data, default_split="test", trust_pickle=trust_pickle)
+    )
+
+    def announce(index: int, count: int, name: str) -> None:
+        if not quiet:
+            err_console.print(f"certifying model {index}/{count}: {name}", highlight=False)
+
+    result = bounds.sweep(
+        {name: model.model for name, model in named.items()},
+        train,
+        test_data=test,
+        delta=delta,
+        simultaneous=simultaneous,
+        model_kwargs={name: {"architecture": m.architecture} for name, m in named.items()},
+        progress=announce,
+        grid=grid,
+        qat_epochs=qat_epochs,
+        qat_lr=qat_lr,
+        device=device,
+        quiet=quiet,
+    )
+    texts = (
+        (json_path, result.to_json() + "\n"),
+        (latex_path, result.to_latex()),
+        (markdown_path, result.to_markdown()),
+    )
+    for path, text in texts:
+        if path is not None:
+            path.write_text(text)
+    for path in plots:
+        plot_sweep(result, path)
+    render(result, fmt)

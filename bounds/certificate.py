@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .latex import latex_escape
 from .result import Bound
 
 SCHEMA_VERSION = 1
@@ -196,14 +197,9 @@ class Certificate:
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
-        def escape(text: str) -> str:
-            for char, replacement in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%")):
-                text = text.replace(char, replacement)
-            for char in "&#$":
-                text = text.replace(char, "\\" + char)
-            return text.replace("δ", r"$\delta$").replace("…", r"\ldots{}")
-
         lines = [r"\begin{tabular}{ll}", r"\hline", r"Quantity & Value \\", r"\hline"]
-        lines += [f"{escape(n.strip())} & {escape(v)} \\\\" for n, v in self.summary_rows()]
+        lines += [
+            f"{latex_escape(n.strip())} & {latex_escape(v)} \\\\" for n, v in self.summary_rows()
+        ]
         lines += [r"\hline", r"\end{tabular}"]
         return "\n".join(lines) + "\n"

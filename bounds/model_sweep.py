@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .certificate import Certificate
+from .latex import latex_escape
 from .ledger import Ledger
 
 if TYPE_CHECKING:
@@ -203,31 +204,11 @@ class SweepResult:
         header, cells = self.table()
         lines = [f"% {self.claim}", f"% {self.shares_text()}"]
         lines += [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline"]
-        lines.append(" & ".join(_latex_escape(h) for h in header) + r" \\")
+        lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
         lines.append(r"\hline")
-        lines += [" & ".join(_latex_escape(c) for c in line) + r" \\" for line in cells]
+        lines += [" & ".join(latex_escape(c) for c in line) + r" \\" for line in cells]
         lines += [r"\hline", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
-
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "_": r"\_",
-    "%": r"\%",
-    "&": r"\&",
-    "#": r"\#",
-    "$": r"\$",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "—": "---",
-    "δ": r"$\delta$",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
 
 
 def _named_models(

@@ -4,7 +4,9 @@ JSON schema (``schema_version`` 1), all numbers plain JSON numbers:
 
 - ``claim``: the sentence the certificate supports; ``delta``, ``delta_shares``.
 - ``train``: n, float and quantized errors, error rates and mean cross-entropy (nats).
-- ``code``: bits (K), bits_per_param, breakdown (bits by part, summing to K), config,
+- ``code``: bits (K), num_params (numbers in the word), model_params (parameters of the
+  evaluated network; for a subspace model, of the wrapped network), bits_per_param
+  (K / model_params), breakdown (bits by part, summing to K), config,
   grid_index, sha256 of the code word.
 - ``grid``: size, fingerprint (sha256) and the configurations (declared before the data).
 - ``candidates``: every configuration tried, with its bits, training errors and bound.
@@ -84,6 +86,7 @@ class Certificate:
     bounds: dict[str, Bound]
     code_bits: int
     num_params: int
+    model_params: int
     code_breakdown: dict[str, int]
     code_config: dict[str, Any]
     code_sha256: str
@@ -102,7 +105,8 @@ class Certificate:
 
     @property
     def bits_per_param(self) -> float:
-        return self.code_bits / self.num_params if self.num_params else 0.0
+        """K per parameter of the network that is evaluated (its size, whatever is coded)."""
+        return self.code_bits / self.model_params if self.model_params else 0.0
 
     @property
     def best(self) -> Bound:
@@ -139,6 +143,7 @@ class Certificate:
             "code": {
                 "bits": self.code_bits,
                 "num_params": self.num_params,
+                "model_params": self.model_params,
                 "bits_per_param": self.bits_per_param,
                 "breakdown": self.code_breakdown,
                 "config": self.code_config,
@@ -165,8 +170,9 @@ class Certificate:
         """(quantity, value) pairs shared by the table, Markdown and LaTeX renderings."""
         train = self.train
         rows = [
-            ("parameters coded", f"{self.num_params:,}"),
-            ("code length K", f"{self.code_bits:,} bits ({self.bits_per_param:.3f} bits/param)"),
+            ("network parameters", f"{self.model_params:,}"),
+            ("numbers coded", f"{self.num_params:,}"),
+            ("code length K", f"{self.code_bits:,} bits ({self.bits_per_param:.4g} bits/param)"),
         ]
         rows += [(f"  {part}", f"{bits:,} bits") for part, bits in self.code_breakdown.items()]
         rows += [

@@ -10,8 +10,9 @@ Each model is certified by :func:`bounds.pipeline.certify`. Two kinds of claim:
 
 JSON schema (``schema_version`` 1): ``claim``, ``simultaneous``, ``delta``,
 ``delta_shares`` (model name → the δ its row is certified at; these sum to δ when
-simultaneous), ``n`` (training examples), ``methods``, and ``rows`` sorted by parameter
-count, each with name, num_params, code_bits, bits_per_param, float/quantized training
+simultaneous), ``n`` (training examples), ``methods``, and ``rows`` sorted by network
+parameters, each with name, model_params (network parameters), num_params (numbers
+coded), code_bits, bits_per_param (K / model_params), float/quantized training
 error rates, test error rate (or null), ``bounds`` (method → value) and the full
 ``certificate`` (``Certificate.to_dict()``).
 
@@ -55,6 +56,7 @@ class SweepRow:
         cert = self.certificate
         return {
             "name": self.name,
+            "model_params": cert.model_params,
             "num_params": cert.num_params,
             "code_bits": cert.code_bits,
             "bits_per_param": cert.bits_per_param,
@@ -83,7 +85,7 @@ class SweepResult:
     def __post_init__(self) -> None:
         if not self.rows:
             raise ValueError("a sweep needs at least one model")
-        ordered = tuple(sorted(self.rows, key=lambda row: row.certificate.num_params))
+        ordered = tuple(sorted(self.rows, key=lambda row: row.certificate.model_params))
         object.__setattr__(self, "rows", ordered)
         names = [row.name for row in ordered]
         if sorted(names) != sorted(self.delta_shares):
@@ -179,9 +181,9 @@ class SweepResult:
             cert, test = row.certificate, row.test_error
             line = [
                 row.name,
-                f"{cert.num_params:,}",
+                f"{cert.model_params:,}",
                 f"{cert.code_bits:,}",
-                f"{cert.bits_per_param:.3f}",
+                f"{cert.bits_per_param:.4g}",
                 f"{cert.train.float_error_rate:.4f}",
                 f"{cert.train.quantized_error_rate:.4f}",
             ]

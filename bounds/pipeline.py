@@ -45,6 +45,23 @@ def load_decoded(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> t
     return decoded
 
 
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of tensor names, dtypes, shapes and bytes: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def network_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the network that is evaluated; for a subspace model, the wrapped one."""
+    network = model.model if hasattr(model, "coded_state") and hasattr(model, "model") else model
+    return sum(parameter.numel() for parameter in network.parameters())
+
+
 def describe_prior(prior: Any) -> dict[str, Any]:
     """The prior's description and fingerprint, or a note that the code carries everything."""
     if prior is None:
@@ -135,8 +152,15 @@ def certify(
     # the best bound so far cannot win (the bound grows with errors), so it is not evaluated.
     best_so_far = [float("inf")]
 
+    # Different configurations can decode to the same weights (one tensor coded "global"
+    # or "per tensor"); such a candidate reuses the evaluation instead of repeating it.
+    evaluated: dict[str, Evaluation] = {}
+
     def score(state: Mapping[str, torch.Tensor]) -> Evaluation:
-        return run(load_decoded(model, state), train_data, "candidate")
+        digest = state_digest(state)
+        if digest not in evaluated:
+            evaluated[digest] = run(load_decoded(model, state), train_data, "candidate")
+        return evaluated[digest]
 
     def hopeless(code) -> bool:
         return headline(code.bits, 0) >= best_so_far[0]
@@ -211,6 +235,7 @@ def certify(
         bounds=bounds,
         code_bits=code.bits,
         num_params=code.num_params,
+        model_params=network_parameters(model),
         code_breakdown=dict(code.breakdown),
         code_config=dict(code.config),
         code_sha256=hashlib.sha256(word).hexdigest(),

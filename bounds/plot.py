@@ -1,6 +1,6 @@
 """Figure of a sweep for a paper: how the bound and the code length change with model size.
 
-One column wide (3.4 in), two panels sharing a logarithmic x axis (parameters coded):
+One column wide (3.4 in), two panels sharing a logarithmic x axis (network parameters):
 top, the headline Occam bound, the quantized and float training errors and the test error;
 bottom, bits per parameter (left axis) and the code length K in bits (right axis, log).
 Drawn with ``matplotlib.figure.Figure`` on an Agg canvas, so no pyplot state and no
@@ -64,7 +64,7 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
 
     path = check_plot_path(path)
     certificates = result.certificates
-    params = [cert.num_params for cert in certificates]
+    params = [cert.model_params for cert in certificates]
     headline = certificates[0].best.method
     series: list[tuple[str, str, Callable[[Certificate], float | None]]] = [
         (f"{headline} Occam bound", "o-", lambda cert: cert.bounds[headline].value),
@@ -83,7 +83,7 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
 
         highest = 0.0
         for label, style, value in series:
-            points = [(c.num_params, value(c)) for c in certificates if value(c) is not None]
+            points = [(c.model_params, value(c)) for c in certificates if value(c) is not None]
             if points:  # the test error only when test data was given
                 x, y = zip(*points, strict=True)
                 errors.plot(x, y, style, label=label)
@@ -116,7 +116,7 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
         bits.xaxis.set_major_locator(FixedLocator(sorted(set(params))))
         bits.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
         bits.xaxis.set_minor_formatter(NullFormatter())
-        bits.set_xlabel("parameters coded")
+        bits.set_xlabel("network parameters")
         bits.set_ylabel("bits per parameter")
         code_length.set_yscale("log")
         code_length.set_ylabel("code length K (bits)")

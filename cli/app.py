@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import compute, formula, sweep
+from . import compute, demo, formula, sweep
 
 app = typer.Typer(
     name="bounds",
@@ -18,6 +18,7 @@ app.add_typer(formula.app, name="formula")
 app.command()(compute.compute)
 app.command()(compute.verify)
 app.command()(sweep.sweep)
+app.command()(demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:

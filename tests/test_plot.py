@@ -60,7 +60,7 @@ def test_png_is_written_with_both_panels(result, tmp_path):
     assert [text.get_text() for text in errors.get_legend().get_texts()] == ERROR_LINES
     assert len(bits.get_legend().get_texts()) == 2
     assert errors.get_ylabel() == "error rate"
-    assert bits.get_xlabel() == "parameters coded"
+    assert bits.get_xlabel() == "network parameters"
     assert code_length.get_ylabel() == "code length K (bits)"
     assert errors.get_xscale() == bits.get_xscale() == "log"
     assert code_length.get_yscale() == "log"
@@ -70,7 +70,7 @@ def test_lines_carry_the_certificates_numbers(result, tmp_path):
     figure = plot_sweep(result, tmp_path / "sweep.png")
     errors, bits, code_length = figure.axes
     certificates = result.certificates
-    params = [cert.num_params for cert in certificates]
+    params = [cert.model_params for cert in certificates]
     bound, quantized, _, test = errors.get_lines()
     assert list(bound.get_xdata()) == params
     assert list(bound.get_ydata()) == [cert.bounds["binomial"].value for cert in certificates]

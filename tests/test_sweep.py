@@ -105,7 +105,7 @@ def test_a_result_cannot_claim_more_than_its_certificates(joint, separate):
 
 def test_rows_are_sorted_by_parameter_count(joint):
     assert [row.name for row in joint.rows] == ["cnn_w2", "cnn_w3", "cnn_w5"]
-    sizes = [row.certificate.num_params for row in joint.rows]
+    sizes = [row.certificate.model_params for row in joint.rows]
     assert sizes == [sum(p.numel() for p in untrained(w).parameters()) for w in (2, 3, 5)]
     assert list(joint.delta_shares) == ["cnn_w2", "cnn_w3", "cnn_w5"]
 
@@ -118,6 +118,7 @@ def test_json_has_one_row_per_model_with_its_certificate(joint):
     for row, expected in zip(data["rows"], joint.rows, strict=True):
         cert = expected.certificate
         assert row["num_params"] == cert.num_params and row["code_bits"] == cert.code_bits
+        assert row["model_params"] == cert.model_params == cert.num_params
         assert row["quantized_train_error"] == cert.train.quantized_errors / 600
         assert row["test_error"] == cert.test.errors / 200
         assert row["bounds"]["binomial"] == cert.bounds["binomial"].value
@@ -200,7 +201,7 @@ def test_cli_directory_input_writes_every_output(model_dir, tmp_path, capsys):
     data = json.loads(out["s.json"].read_text())
     assert json.loads(stdout) == data
     assert [row["name"] for row in data["rows"]] == ["w2.pt", "w3.pt", "w5.pt"]
-    sizes = [row["num_params"] for row in data["rows"]]
+    sizes = [row["model_params"] for row in data["rows"]]
     assert sizes == sorted(sizes) and len(set(sizes)) == 3
     assert data["simultaneous"] and set(data["delta_shares"].values()) == {0.05 / 3}
     assert [row["certificate"]["architecture"] for row in data["rows"]] == [
@@ -235,6 +236,8 @@ def test_cli_reads_the_architecture_from_checkpoint_metadata(tmp_path, capsys):
     assert status == 0
     rows = json.loads(stdout)["rows"]
     assert [row["num_params"] for row in rows] == [20, 40]  # the subspace dimensions
+    networks = [sum(p.numel() for p in untrained(width).parameters()) for width in (2, 4)]
+    assert [row["model_params"] for row in rows] == networks  # what the x axis shows
     assert [row["certificate"]["architecture"] for row in rows] == [ARCH.format(2), ARCH.format(4)]
 
 

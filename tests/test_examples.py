@@ -1,0 +1,46 @@
+"""The example scripts run and print what they promise (small settings for speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(*argv, cwd=None) -> str:
+    result = subprocess.run(
+        [sys.executable, *map(str, argv)], cwd=cwd, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_published_numbers_are_reproduced():
+    lines = run(EXAMPLES / "published_numbers.py").splitlines()[1:4]
+    for line in lines:
+        published, computed = (float(value) for value in line.split()[-2:])
+        assert abs(published - computed) < 5e-6, line
+
+
+def test_bring_your_own_model_and_data(tmp_path):
+    out = tmp_path / "moons.pt"
+    printed = run(EXAMPLES / "bring_your_own.py", "--out", out, "--hidden", "8", cwd=EXAMPLES)
+    assert "binomial bound" in printed
+    argv = ["-m", "cli", "compute", out, "--arch", "my_project:make_model:hidden=8",
+            "--data", "my_project:training_data", "--test-data", "my_project:test_data",
+            "--levels", "8,16", "--format", "json", "-q"]  # fmt: skip
+    certificate = json.loads(run(*argv, cwd=EXAMPLES))
+    assert certificate["train"]["n"] == 5000 and certificate["test"]["m"] == 2000
+    assert 0 < certificate["bounds"][0]["value"] < 1
+
+
+def test_width_sweep_through_the_library(tmp_path):
+    printed = run(EXAMPLES / "width_sweep.py", "--out", tmp_path, "--widths", "4,8",
+                  "--dim", "40", "--epochs", "1", "--n", "600", "--m", "200",
+                  "--levels", "8", "--quiet")  # fmt: skip
+    assert "hold simultaneously" in printed
+    assert (tmp_path / "bounds.png").stat().st_size > 0
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["rows"]) == 2

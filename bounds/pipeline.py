@@ -192,7 +192,11 @@ def certify(
     if qat_epochs > 0:
         qat["lr"] = qat_lr
         tuned = copy.deepcopy(model)
-        loader = DataLoader(as_loader(train_data).dataset, batch_size=256, shuffle=True)
+        # A seeded order makes `bounds compute` give the same certificate on every run.
+        order = torch.Generator().manual_seed(0)
+        loader = DataLoader(
+            as_loader(train_data).dataset, batch_size=256, shuffle=True, generator=order
+        )
         with progress_bar("quantization-aware fine-tuning", qat_epochs, quiet) as steps:
             code = timed(
                 "qat",

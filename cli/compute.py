@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from .output import console
+from .output import Format, console, render
 
 Arch = Annotated[
     Optional[str],  # noqa: UP045 - Typer reads the annotation at run time
@@ -25,14 +24,7 @@ TrustPickle = Annotated[
 ]
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    markdown = "markdown"
-    latex = "latex"
-
-
-def _writable(path: Path | None, what: str) -> None:
+def check_writable(path: Path | None, what: str) -> None:
     """Fail before any work if an output path cannot be written."""
     if path is None:
         return
@@ -54,18 +46,7 @@ def certificate_table(certificate) -> Table:
     return table
 
 
-def render(certificate, fmt: Format) -> None:
-    if fmt is Format.json:
-        typer.echo(certificate.to_json())
-    elif fmt is Format.markdown:
-        typer.echo(certificate.to_markdown(), nl=False)
-    elif fmt is Format.latex:
-        typer.echo(certificate.to_latex(), nl=False)
-    else:
-        console.print(certificate_table(certificate))
-
-
-def _grid(levels: str, schemes: str, coder: str) -> list[dict]:
+def search_grid(levels: str, schemes: str, coder: str) -> list[dict]:
     from quantize import product_grid
 
     try:
@@ -123,8 +104,8 @@ def compute(
     from .specs import load_data, load_model, load_prior
 
     bounds.Ledger(delta)  # validates δ before any work
-    _writable(json_path, "JSON output")
-    _writable(save_code, "code file")
+    check_writable(json_path, "JSON output")
+    check_writable(save_code, "code file")
     loaded = load_model(model, arch, trust_pickle=trust_pickle)
     train = load_data(data, trust_pickle=trust_pickle)
     test = (
@@ -138,7 +119,7 @@ def compute(
         prior=load_prior(prior, loaded.architecture),
         test_data=test,
         delta=delta,
-        grid=_grid(levels, schemes, coder),
+        grid=search_grid(levels, schemes, coder),
         qat_epochs=qat_epochs,
         qat_lr=qat_lr,
         device=device,
@@ -149,7 +130,7 @@ def compute(
         json_path.write_text(certificate.to_json() + "\n")
     if save_code is not None:
         save_code.write_bytes(certificate.code.to_bytes())
-    render(certificate, fmt)
+    render(certificate, fmt, certificate_table)
 
 
 def verify(

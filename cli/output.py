@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import Enum
 
 from rich.console import Console
 from rich.table import Table
@@ -13,6 +14,25 @@ from bounds import Bound
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+    latex = "latex"
+
+
+def render(result, fmt: Format, table: Callable[[object], Table]) -> None:
+    """Print a certificate or sweep result as JSON, Markdown, LaTeX or a rich table."""
+    if fmt is Format.json:
+        sys.stdout.write(result.to_json() + "\n")
+    elif fmt is Format.markdown:
+        sys.stdout.write(result.to_markdown())
+    elif fmt is Format.latex:
+        sys.stdout.write(result.to_latex())
+    else:
+        console.print(table(result))
 
 
 def print_json(data) -> None:

@@ -18,8 +18,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .compute import Format, Quiet, TrustPickle, _grid, _writable
-from .output import console, err_console
+from .compute import Quiet, TrustPickle, check_writable, search_grid
+from .output import Format, err_console, render
 
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
 _GLOB_CHARACTERS = "*?["
@@ -83,17 +83,6 @@ def sweep_table(result) -> Table:
     for line in cells:
         table.add_row(*line)
     return table
-
-
-def render(result, fmt: Format) -> None:
-    if fmt is Format.json:
-        typer.echo(result.to_json())
-    elif fmt is Format.markdown:
-        typer.echo(result.to_markdown(), nl=False)
-    elif fmt is Format.latex:
-        typer.echo(result.to_latex(), nl=False)
-    else:
-        console.print(sweep_table(result))
 
 
 OutputPath = Optional[Path]  # noqa: UP045 - Typer reads the annotation at run time
@@ -169,8 +158,8 @@ def sweep(
         (markdown_path, "Markdown output"),
     ]
     for path, what in outputs:
-        _writable(path, what)
-    grid = _grid(levels, schemes, coder)
+        check_writable(path, what)
+    grid = search_grid(levels, schemes, coder)
     files = expand_models(models)
     specs = architectures(arch, len(files))
 
@@ -214,4 +203,4 @@ def sweep(
             path.write_text(text)
     for path in plots:
         plot_sweep(result, path)
-    render(result, fmt)
+    render(result, fmt, sweep_table)

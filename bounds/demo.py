@@ -37,7 +37,7 @@ class DemoSettings:
 
 
 QUICK = DemoSettings(
-    widths=(4, 8, 16, 32, 64), dim=300, epochs=3, n=6000, m=2000, levels=(8, 16), qat_epochs=1
+    widths=(4, 8, 16, 32, 64), dim=500, epochs=6, n=10000, m=2000, levels=(8, 16, 32), qat_epochs=1
 )
 
 

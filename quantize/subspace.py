@@ -396,10 +396,9 @@ class Subspace(nn.Module):
             for name, p in zip(self._param_names, self._parameters_of_model(), strict=True)
         }
 
-    def prior(self) -> SubspacePrior:
-        """The prior: fingerprint over module class, projection kind, seed, dim, architecture
-        layout, θ0 tensors and the projection digest; layout = the coded-state layout."""
-        fields = {
+    def _identity(self) -> dict[str, Any]:
+        """The plain fields that define this subspace (shared by the prior and checkpoints)."""
+        return {
             "format": CHECKPOINT_FORMAT,
             "module": _qualified_name(self.model),
             "projection": self.projection,
@@ -407,6 +406,11 @@ class Subspace(nn.Module):
             "dim": self.dim,
             "num_params": self.num_params,
         }
+
+    def prior(self) -> SubspacePrior:
+        """The prior: fingerprint over module class, projection kind, seed, dim, architecture
+        layout, θ0 tensors and the projection digest; layout = the coded-state layout."""
+        fields = self._identity()
         fingerprinter = Fingerprinter()
         fingerprinter.add_str("subspace")
         fingerprinter.add_json(fields)
@@ -428,12 +432,7 @@ class Subspace(nn.Module):
         "theta0": {param name: Tensor}, "buffers": {buffer name: Tensor}, "metadata": dict}``
         """
         checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "module": _qualified_name(self.model),
-            "projection": self.projection,
-            "seed": self.seed,
-            "dim": self.dim,
-            "num_params": self.num_params,
+            **self._identity(),
             "projection_digest": self.projection_digest(),
             "w": self.w.detach().cpu().clone(),
             "theta0": {name: t.cpu().clone() for name, t in self.theta0().items()},

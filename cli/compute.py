@@ -18,6 +18,21 @@ Arch = Annotated[
     typer.Option(help="Architecture factory, module:factory[:key=value,...]."),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+TrainData = Annotated[str, typer.Option("--data", help="Training data spec.")]
+TestData = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--test-data", help="Held-out data spec; adds the test error and a test-set bound."
+    ),
+]
+Delta = Annotated[float, typer.Option("--delta", help="Confidence budget δ.")]
+Levels = Annotated[str, typer.Option("--levels", help="Quantization levels to search.")]
+Schemes = Annotated[str, typer.Option("--schemes", help="Quantizers to search.")]
+Coder = Annotated[str, typer.Option("--coder", help="Payload coder: auto, range or zstd.")]
+QatEpochs = Annotated[
+    int, typer.Option("--qat-epochs", help="Quantization-aware fine-tuning epochs.")
+]
+QatLr = Annotated[float, typer.Option("--qat-lr", help="Learning rate of the fine-tuning.")]
 TrustPickle = Annotated[
     bool,
     typer.Option(help="Allow loading pickled Python objects (runs code from the file)."),
@@ -69,17 +84,14 @@ def compute(
         ),
     ],
     arch: Arch = None,
-    data: Annotated[str, typer.Option(help="Training data spec.")] = "mnist1d",
-    test_data: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Held-out data spec; adds a test-set bound."),
-    ] = None,
-    delta: Annotated[float, typer.Option(help="Confidence budget δ.")] = 0.05,
-    levels: Annotated[str, typer.Option(help="Quantization levels to search.")] = "4,8,16,32",
-    schemes: Annotated[str, typer.Option(help="Quantizers to search.")] = "kmeans,uniform",
-    coder: Annotated[str, typer.Option(help="Payload coder: auto, range or zstd.")] = "auto",
-    qat_epochs: Annotated[int, typer.Option(help="Quantization-aware fine-tuning epochs.")] = 0,
-    qat_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning.")] = 1e-4,
+    data: TrainData = "mnist1d",
+    test_data: TestData = None,
+    delta: Delta = 0.05,
+    levels: Levels = "4,8,16,32",
+    schemes: Schemes = "kmeans,uniform",
+    coder: Coder = "auto",
+    qat_epochs: QatEpochs = 0,
+    qat_lr: QatLr = 1e-4,
     prior: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Prior: init:SEED or a file of reference weights."),
@@ -137,7 +149,7 @@ def verify(
     code: Annotated[
         Path, typer.Argument(help="Code word written by `bounds compute --save-code`.")
     ],
-    data: Annotated[str, typer.Option(help="Training data spec.")] = "mnist1d",
+    data: TrainData = "mnist1d",
     model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(

@@ -18,7 +18,20 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .compute import Quiet, TrustPickle, check_writable, search_grid
+from .compute import (
+    Coder,
+    Delta,
+    Levels,
+    QatEpochs,
+    QatLr,
+    Quiet,
+    Schemes,
+    TestData,
+    TrainData,
+    TrustPickle,
+    check_writable,
+    search_grid,
+)
 from .output import Format, err_console, render
 
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -106,12 +119,9 @@ def sweep(
             "checkpoints that name their architecture."
         ),
     ] = None,
-    data: Annotated[str, typer.Option(help="Training data spec.")] = "mnist1d",
-    test_data: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Held-out data spec; adds the test error and a test-set bound."),
-    ] = None,
-    delta: Annotated[float, typer.Option(help="Confidence budget δ.")] = 0.05,
+    data: TrainData = "mnist1d",
+    test_data: TestData = None,
+    delta: Delta = 0.05,
     simultaneous: Annotated[
         bool,
         typer.Option(
@@ -120,11 +130,11 @@ def sweep(
             "row a separate claim at δ.",
         ),
     ] = False,
-    levels: Annotated[str, typer.Option(help="Quantization levels to search.")] = "4,8,16,32",
-    schemes: Annotated[str, typer.Option(help="Quantizers to search.")] = "kmeans,uniform",
-    coder: Annotated[str, typer.Option(help="Payload coder: auto, range or zstd.")] = "auto",
-    qat_epochs: Annotated[int, typer.Option(help="Quantization-aware fine-tuning epochs.")] = 0,
-    qat_lr: Annotated[float, typer.Option(help="Learning rate of the fine-tuning.")] = 1e-4,
+    levels: Levels = "4,8,16,32",
+    schemes: Schemes = "kmeans,uniform",
+    coder: Coder = "auto",
+    qat_epochs: QatEpochs = 0,
+    qat_lr: QatLr = 1e-4,
     plot: Annotated[
         Optional[list[Path]],  # noqa: UP045
         typer.Option(help="Write the figure here (.png or .pdf); repeat for both."),

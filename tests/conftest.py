@@ -39,3 +39,13 @@ def small_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "small.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run `bounds ARGV...` in-process; return (exit code, standard output, standard error)."""
+    from cli.app import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

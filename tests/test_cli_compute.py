@@ -8,17 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_ARCH, SMALL_DATA
+from conftest import SMALL_ARCH, SMALL_DATA, run_cli
 
 import bounds
 from cli.app import main
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def test_json_numbers_match_the_library(computed):
 
 def test_verify_accepts_the_saved_code(computed, capsys):
     cert, code = computed
-    status, out, _ = run(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+    status, out, _ = run_cli(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
                          "--certificate", cert, "-q")  # fmt: skip
     assert status == 0
     assert "verified" in out
@@ -74,7 +67,7 @@ def test_verify_rejects_a_tampered_code(computed, tmp_path, capsys):
     data[len(data) // 2] ^= 0x04
     tampered = tmp_path / "tampered.code"
     tampered.write_bytes(bytes(data))
-    status, _, err = run(capsys, "verify", tampered, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+    status, _, err = run_cli(capsys, "verify", tampered, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
                          "--certificate", cert, "-q")  # fmt: skip
     assert status in (1, 2)
     assert "error" in err or "mismatch" in err
@@ -86,7 +79,7 @@ def test_verify_rejects_a_tampered_certificate(computed, tmp_path, capsys):
     claimed["bounds"][0]["value"] -= 0.01
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(claimed))
-    status, _, err = run(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
+    status, _, err = run_cli(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
                          "--certificate", forged, "-q")  # fmt: skip
     assert status == 1
     assert "mismatch: binomial bound" in err
@@ -95,9 +88,9 @@ def test_verify_rejects_a_tampered_certificate(computed, tmp_path, capsys):
 def test_markdown_and_latex_formats(small_model, capsys):
     base = ["compute", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "--levels", "8",
             "--schemes", "kmeans", "-q"]  # fmt: skip
-    status, out, _ = run(capsys, *base, "--format", "markdown")
+    status, out, _ = run_cli(capsys, *base, "--format", "markdown")
     assert status == 0 and "| binomial bound |" in out
-    status, out, _ = run(capsys, *base, "--format", "latex")
+    status, out, _ = run_cli(capsys, *base, "--format", "latex")
     assert status == 0 and r"\begin{tabular}" in out and "binomial bound" in out
 
 
@@ -149,7 +142,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_line_and_exit_2(case, small_model, tmp_path, capsys):
     argv, message = bad_inputs(small_model, tmp_path)[case]
-    status, out, err = run(capsys, *argv)
+    status, out, err = run_cli(capsys, *argv)
     assert status == 2
     assert err.startswith("error: ")
     assert message in err.replace("\n", " ")
@@ -190,7 +183,7 @@ def test_every_model_kind_loads(file, extra, architecture, prior_kind, tmp_path,
     model = _model_files(tmp_path)
     argv = ["compute", tmp_path / file, *extra, "--data", "mnist1d:n=300,m=50,seed=4",
             "--levels", "4", "--schemes", "kmeans", "--format", "json", "-q"]  # fmt: skip
-    status, out, _ = run(capsys, *argv)
+    status, out, _ = run_cli(capsys, *argv)
     assert status == 0
     cert = json.loads(out)
     assert cert["architecture"].startswith(architecture)

@@ -4,20 +4,13 @@ import json
 import math
 
 import pytest
+from conftest import run_cli
 
 import bounds
-from cli.app import main
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def test_occam_json_matches_library(capsys):
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "formula", "occam", "--n", "60000", "--errors", "900", "--bits", "7000", "--json"
     )
     assert code == 0
@@ -30,7 +23,9 @@ def test_occam_json_matches_library(capsys):
 
 
 def test_occam_table_lists_every_method(capsys):
-    code, out, _ = run(capsys, "formula", "occam", "--n", "1000", "--errors", "10", "--bits", "50")
+    code, out, _ = run_cli(
+        capsys, "formula", "occam", "--n", "1000", "--errors", "10", "--bits", "50"
+    )
     assert code == 0
     for method in bounds.OCCAM_METHODS:
         assert method in out
@@ -38,7 +33,7 @@ def test_occam_table_lists_every_method(capsys):
 
 
 def test_occam_with_mean_loss_skips_binomial(capsys):
-    code, out, _ = run(
+    code, out, _ = run_cli(
         capsys, "formula", "occam", "--n", "1000", "--risk", "0.1", "--bits", "50", "--json"
     )
     assert code == 0
@@ -47,7 +42,7 @@ def test_occam_with_mean_loss_skips_binomial(capsys):
 
 def test_pac_bayes_json(capsys):
     argv = ["formula", "pac-bayes", "--n", "50000", "--risk", "0.03", "--kl", "1000", "--json"]
-    code, out, _ = run(capsys, *argv, "--mc-samples", "1000", "--mc-delta", "0.01")
+    code, out, _ = run_cli(capsys, *argv, "--mc-samples", "1000", "--mc-delta", "0.01")
     assert code == 0
     rows = json.loads(out)["bounds"]
     assert [row["method"] for row in rows] == list(bounds.PAC_BAYES_METHODS)
@@ -58,7 +53,9 @@ def test_pac_bayes_json(capsys):
 
 
 def test_test_set(capsys):
-    code, out, _ = run(capsys, "formula", "test-set", "--m", "10000", "--errors", "100", "--json")
+    code, out, _ = run_cli(
+        capsys, "formula", "test-set", "--m", "10000", "--errors", "100", "--json"
+    )
     assert code == 0
     value = json.loads(out)["bounds"][0]["value"]
     assert value == pytest.approx(0.011797, abs=5e-7)
@@ -77,7 +74,7 @@ def test_test_set(capsys):
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, argv, message):
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert out == ""
     assert err.startswith("error: ") and message in err

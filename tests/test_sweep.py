@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 import bounds
 from bounds.architectures import mnist1d_cnn
 from bounds.datasets import MNIST1DSpec, mnist1d
 from bounds.model_sweep import SweepResult
-from cli.app import main
 
 DATA = "mnist1d:n=600,m=200,seed=5"
 SPEC = MNIST1DSpec(n=600, m=200, seed=5)
@@ -166,13 +166,6 @@ def test_public_name_is_the_function_and_import_stays_torch_free():
 # --- the command line -------------------------------------------------------------------
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """State dicts w2.pt, w3.pt, w5.pt and a file the directory expansion must skip."""
@@ -196,7 +189,7 @@ def test_cli_directory_input_writes_every_output(model_dir, tmp_path, capsys):
             "--simultaneous", "--json", out["s.json"], "--latex", out["s.tex"],
             "--markdown", out["s.md"], "--plot", out["s.png"], "--plot", out["s.pdf"],
             "--format", "json"]  # fmt: skip
-    status, stdout, _ = run(capsys, *argv)
+    status, stdout, _ = run_cli(capsys, *argv)
     assert status == 0
     data = json.loads(out["s.json"].read_text())
     assert json.loads(stdout) == data
@@ -216,7 +209,7 @@ def test_cli_directory_input_writes_every_output(model_dir, tmp_path, capsys):
 
 def test_cli_glob_input_and_separate_table(model_dir, capsys):
     pattern = str(model_dir / "w[23].pt")
-    status, stdout, _ = run(capsys, "sweep", pattern, *arch_options(2, 3), *FAST)
+    status, stdout, _ = run_cli(capsys, "sweep", pattern, *arch_options(2, 3), *FAST)
     assert status == 0
     text = " ".join(stdout.split())
     assert "Each row is a separate claim" in text
@@ -232,7 +225,7 @@ def test_cli_reads_the_architecture_from_checkpoint_metadata(tmp_path, capsys):
         metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": width}}
         model = Subspace(untrained(width), 10 * width, seed=0, metadata=metadata)
         model.save(tmp_path / f"sub{width}.pt")
-    status, stdout, _ = run(capsys, "sweep", tmp_path / "sub*.pt", *FAST, "--format", "json")
+    status, stdout, _ = run_cli(capsys, "sweep", tmp_path / "sub*.pt", *FAST, "--format", "json")
     assert status == 0
     rows = json.loads(stdout)["rows"]
     assert [row["num_params"] for row in rows] == [20, 40]  # the subspace dimensions
@@ -265,7 +258,7 @@ def bad_inputs(model_dir, tmp_path):
 )  # fmt: skip
 def test_cli_bad_input_is_one_line_and_exit_2(case, model_dir, tmp_path, capsys):
     argv, message = bad_inputs(model_dir, tmp_path)[case]
-    status, stdout, err = run(capsys, *argv)
+    status, stdout, err = run_cli(capsys, *argv)
     assert status == 2
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err

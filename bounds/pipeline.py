@@ -98,6 +98,97 @@ def occam_bounds(n: int, code_bits: int, errors: int, delta: float, methods: Seq
     return {m: occam_bound(n, code_bits, delta, errors=errors, method=m) for m in methods}
 
 
+class Stopwatch:
+    """Seconds spent by stage; `time(stage, work)` runs `work()` and adds its duration."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def time(self, stage: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = work()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return result
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The code word chosen from the grid and what every candidate scored."""
+
+    code: Any
+    candidates: list[dict[str, Any]]
+
+
+def choose_code(
+    model: torch.nn.Module,
+    prior: Any,
+    grid: Sequence[Mapping[str, Any]],
+    score: Callable[[torch.nn.Module], Any],
+    headline: Callable[[int, Any], float],
+    floor: Callable[[int], float],
+    describe: Callable[[Any], dict[str, Any]],
+    *,
+    quiet: bool,
+) -> Choice:
+    """Compress with every configuration of `grid` and keep the smallest headline bound.
+
+    `score(decoded_model)` evaluates a candidate; `headline(bits, evaluation)` is its bound;
+    `floor(bits)` is the best bound any evaluation could give with that many bits;
+    `describe(evaluation)` is what the certificate lists of each candidate. The
+    choice is paid for by the grid index in the code word, so any rule is honest; this one is
+    fixed in advance. Candidates come shortest first; one whose floor is no better than the
+    best bound so far cannot win (the bound grows with the loss), so it is not evaluated.
+    Different configurations can decode to the same weights (one tensor coded "global" or
+    "per tensor"); such a candidate reuses the evaluation instead of repeating it.
+    """
+    from quantize import search
+
+    best_so_far = [float("inf")]
+    evaluated: dict[str, Any] = {}
+
+    def evaluate_state(state: Mapping[str, torch.Tensor]) -> Any:
+        digest = state_digest(state)
+        if digest not in evaluated:
+            evaluated[digest] = score(load_decoded(model, state))
+        return evaluated[digest]
+
+    def record(candidate) -> None:
+        if candidate.risk is not None:
+            best_so_far[0] = min(best_so_far[0], headline(candidate.bits, candidate.risk))
+        steps.advance()
+
+    with progress_bar("quantization search", len(grid), quiet) as steps:
+        result = search(
+            model,
+            evaluate_state,
+            grid,
+            prior,
+            progress=record,
+            skip=lambda code: floor(code.bits) >= best_so_far[0],
+        )
+    candidates = [
+        {
+            "index": c.index,
+            "config": c.config,
+            "bits": c.bits,
+            "evaluated": c.risk is not None,
+            **({} if c.risk is None else describe(c.risk)),
+            "bound": None if c.risk is None else headline(c.bits, c.risk),
+        }
+        for c in result.candidates
+    ]
+    code = result.best(key=lambda c: (headline(c.bits, c.risk), c.bits)).code
+    return Choice(code, candidates)
+
+
+def decoded_model(model: torch.nn.Module, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
+    """What the project's decoder makes of the code word's bytes, and those bytes."""
+    from quantize import Code
+
+    word = code.to_bytes()
+    return load_decoded(model, Code.from_bytes(word, prior).decode(prior)), word
+
+
 def certify(
     model: torch.nn.Module,
     train_data,
@@ -112,6 +203,7 @@ def certify(
     device: str = "cpu",
     batch_size: int = 1024,
     architecture: str | None = None,
+    opaque: Any = None,
     quiet: bool = True,
 ) -> Certificate:
     """Certify the generalization error of `model` from its compressed size.
@@ -122,105 +214,83 @@ def certify(
     fine-tunes it with quantization-aware training for `qat_epochs`; and bounds the decoded
     model's true error with each of `methods` at confidence 1 − δ. With `test_data`, the
     decoded model's held-out error gets its own test-set bound (a separate claim at δ).
+
+    With `opaque` (a :class:`quantize.opaque.OpaqueCode`), the model is what a declared
+    loader made of a pre-quantized file, and that file is the code word as it is: no search
+    and no fine-tuning; `prior` is then the loader's description (a dict with a fingerprint).
     """
-    from quantize import Code, finetune, grid_fingerprint, search
+    from quantize import finetune, grid_fingerprint
     from quantize.compress import coded_state
 
     occam_bounds(1, 0, 0, delta, methods)  # validate δ and methods before any work
-    grid = list(default_grid() if grid is None else grid)
-    timings: dict[str, float] = {}
-
-    def timed(stage: str, work: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = work()
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-        return result
+    if opaque is not None and qat_epochs:
+        raise ValueError("an opaque code word is certified as it is; it cannot be fine-tuned")
+    grid = [] if opaque is not None else list(default_grid() if grid is None else grid)
+    clock = Stopwatch()
 
     def run(module: torch.nn.Module, data, description: str) -> Evaluation:
         return evaluate(
             module, data, device=device, batch_size=batch_size, quiet=quiet, description=description
         )
 
-    _, prior = coded_state(model, prior)
-    float_eval = timed("float_evaluation", lambda: run(model, train_data, "float model"))
+    float_eval = clock.time("float_evaluation", lambda: run(model, train_data, "float model"))
     n = float_eval.n
 
-    def headline(bits: int, errors: int) -> float:
-        return occam_bound(n, bits, delta, errors=errors, method="binomial").value
-
-    # Candidates come shortest first; one whose bound with zero errors is no better than
-    # the best bound so far cannot win (the bound grows with errors), so it is not evaluated.
-    best_so_far = [float("inf")]
-
-    # Different configurations can decode to the same weights (one tensor coded "global"
-    # or "per tensor"); such a candidate reuses the evaluation instead of repeating it.
-    evaluated: dict[str, Evaluation] = {}
-
-    def score(state: Mapping[str, torch.Tensor]) -> Evaluation:
-        digest = state_digest(state)
-        if digest not in evaluated:
-            evaluated[digest] = run(load_decoded(model, state), train_data, "candidate")
-        return evaluated[digest]
-
-    def hopeless(code) -> bool:
-        return headline(code.bits, 0) >= best_so_far[0]
-
-    def record(candidate) -> None:
-        if candidate.risk is not None:
-            bound = headline(candidate.bits, candidate.risk.errors)
-            best_so_far[0] = min(best_so_far[0], bound)
-        steps.advance()
-
-    with progress_bar("quantization search", len(grid), quiet) as steps:
-        result = timed(
-            "search", lambda: search(model, score, grid, prior, progress=record, skip=hopeless)
-        )
-
-    candidates = [
-        {
-            "index": c.index,
-            "config": c.config,
-            "bits": c.bits,
-            "errors": None if c.risk is None else c.risk.errors,
-            "bound": None if c.risk is None else headline(c.bits, c.risk.errors),
-        }
-        for c in result.candidates
-    ]
-    code = result.best(key=lambda c: (headline(c.bits, c.risk.errors), c.bits)).code
+    def headline(bits: int, evaluation: Evaluation) -> float:
+        return occam_bound(n, bits, delta, errors=evaluation.errors, method="binomial").value
 
     qat: dict[str, Any] = {"epochs": qat_epochs}
-    if qat_epochs > 0:
-        qat["lr"] = qat_lr
-        tuned = copy.deepcopy(model)
-        # A seeded order makes `bounds compute` give the same certificate on every run.
-        order = torch.Generator().manual_seed(0)
-        loader = DataLoader(
-            as_loader(train_data).dataset, batch_size=256, shuffle=True, generator=order
+    if opaque is not None:
+        code, candidates, word, decoded = opaque, [], opaque.to_bytes(), model
+        prior_description = dict(prior)
+    else:
+        _, prior = coded_state(model, prior)
+        prior_description = describe_prior(prior)
+        choice = clock.time(
+            "search",
+            lambda: choose_code(
+                model,
+                prior,
+                grid,
+                lambda decoded: run(decoded, train_data, "candidate"),
+                headline,
+                lambda bits: occam_bound(n, bits, delta, errors=0, method="binomial").value,
+                lambda evaluation: {"errors": evaluation.errors},
+                quiet=quiet,
+            ),
         )
-        with progress_bar("quantization-aware fine-tuning", qat_epochs, quiet) as steps:
-            code = timed(
-                "qat",
-                lambda: finetune(
-                    tuned,
-                    code,
-                    loader,
-                    qat_epochs,
-                    qat_lr,
-                    prior=prior,
-                    progress=lambda epoch, loss: steps.advance(),
-                ),
+        code, candidates = choice.code, choice.candidates
+        if qat_epochs > 0:
+            qat["lr"] = qat_lr
+            tuned = copy.deepcopy(model)
+            # A seeded order makes `bounds compute` give the same certificate on every run.
+            order = torch.Generator().manual_seed(0)
+            loader = DataLoader(
+                as_loader(train_data).dataset, batch_size=256, shuffle=True, generator=order
             )
+            with progress_bar("quantization-aware fine-tuning", qat_epochs, quiet) as steps:
+                code = clock.time(
+                    "qat",
+                    lambda: finetune(
+                        tuned,
+                        code,
+                        loader,
+                        qat_epochs,
+                        qat_lr,
+                        prior=prior,
+                        progress=lambda epoch, loss: steps.advance(),
+                    ),
+                )
+        # The bound is about what the project's decoder makes of the bytes, so evaluate that.
+        decoded, word = decoded_model(model, code, prior)
 
-    # The bound is about what the project's decoder makes of the bytes, so evaluate that.
-    word = code.to_bytes()
-    decoded = load_decoded(model, Code.from_bytes(word, prior).decode(prior))
-    quantized_eval = timed("evaluation", lambda: run(decoded, train_data, "decoded model"))
-    bounds = timed(
+    quantized_eval = clock.time("evaluation", lambda: run(decoded, train_data, "decoded model"))
+    bounds = clock.time(
         "bound", lambda: occam_bounds(n, code.bits, quantized_eval.errors, delta, methods)
     )
     test = None
     if test_data is not None:
-        test_eval = timed("test_evaluation", lambda: run(decoded, test_data, "test set"))
+        test_eval = clock.time("test_evaluation", lambda: run(decoded, test_data, "test set"))
         test = TestResult(
             m=test_eval.n,
             errors=test_eval.errors,
@@ -238,24 +308,34 @@ def certify(
         ),
         bounds=bounds,
         code_bits=code.bits,
-        num_params=code.num_params,
+        num_params=network_parameters(model) if opaque is not None else code.num_params,
         model_params=network_parameters(model),
         code_breakdown=dict(code.breakdown),
-        code_config=dict(code.config),
+        code_config=opaque_config(code) if opaque is not None else dict(code.config),
         code_sha256=hashlib.sha256(word).hexdigest(),
-        grid_index=code.grid_index,
+        grid_index=0 if opaque is not None else code.grid_index,
         grid=grid,
         grid_fingerprint=grid_fingerprint(grid),
         candidates=candidates,
-        prior=describe_prior(prior),
+        prior=prior_description,
         architecture=architecture or type(model).__qualname__,
         delta=delta,
         test=test,
         qat=qat,
-        timings=timings,
+        timings=clock.seconds,
         versions=_versions(),
         code=code,
     )
+
+
+def opaque_config(code: Any) -> dict[str, Any]:
+    """How an opaque word was made: the file it frames, by size and sha256."""
+    return {
+        "kind": "opaque file",
+        "file_bytes": code.raw_size,
+        "file_sha256": code.raw_sha256,
+        "frame": "Elias-δ(bytes + 1) · zstd frame",
+    }
 
 
 @dataclass(frozen=True)

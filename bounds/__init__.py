@@ -15,20 +15,39 @@ from .ledger import Ledger
 from .occam import OCCAM_METHODS, elias_delta_bits, occam_bound
 from .pac_bayes import PAC_BAYES_METHODS, log_xi, pac_bayes_bound
 from .result import Bound
+from .sequence import (
+    AZUMA_LAMBDA_GRID,
+    DEFAULT_ALPHA_GRID,
+    DEFAULT_LAMBDA_GRID,
+    Subsample,
+    azuma_bound,
+    bernstein_bound,
+    smoothed_log_loss,
+    smoothed_loss_range,
+    subsample_upper,
+    with_subsample,
+)
 from .test_set import test_set_bound
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AZUMA_LAMBDA_GRID",
+    "DEFAULT_ALPHA_GRID",
     "DEFAULT_BETA_GRID",
+    "DEFAULT_LAMBDA_GRID",
     "OCCAM_METHODS",
     "PAC_BAYES_METHODS",
     "Bound",
     "Certificate",
     "InvalidInput",
     "Ledger",
+    "Subsample",
+    "azuma_bound",
+    "bernstein_bound",
     "binom_tail_inv",
     "certify",
+    "certify_lm",
     "elias_delta_bits",
     "kl",
     "kl_inv",
@@ -37,8 +56,12 @@ __all__ = [
     "occam_bound",
     "pac_bayes_bound",
     "reproduce",
+    "smoothed_log_loss",
+    "smoothed_loss_range",
+    "subsample_upper",
     "sweep",
     "test_set_bound",
+    "with_subsample",
 ]
 
 
@@ -48,6 +71,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "certify_lm":
+        from .lm_pipeline import certify_lm
+
+        return certify_lm
     if name == "sweep":
         from .model_sweep import sweep
 

@@ -12,6 +12,10 @@ Thm 4.1 — the Occam's razor bound):
 - "catoni":   R(h) ≤ (1 − exp(−β R̂ − (K ln 2 + ln(|G|/δ))/n)) / (1 − e^{−β}) for the best β
               of a grid G fixed in advance (Catoni 2007, Thm 1.2.6).
 
+When the reported bound was selected among `choices` equally weighted alternatives fixed
+before the data (for example a grid of loss-smoothing values α), each alternative gets
+δ/choices: ln(choices) nats join the complexity in every method (a union bound).
+
 The product δ·2^{−K} is never formed: every formula works with ln δ − K ln 2.
 For a loss in [a, b], the kl and Catoni forms are applied to (R̂ − a)/(b − a) and mapped back.
 """
@@ -50,6 +54,7 @@ def occam_bound(
     loss_range: tuple[float, float] = (0.0, 1.0),
     prefix_free: bool = True,
     beta_grid=None,
+    choices: int = 1,
 ) -> Bound:
     """Occam (countable-hypothesis) bound on the true risk of a hypothesis coded in K bits.
 
@@ -66,10 +71,13 @@ def occam_bound(
         first in Elias-δ (`length_prefix_bits` in `terms`), which makes it prefix-free.
     beta_grid : the β grid for "catoni" (default `DEFAULT_BETA_GRID`); its size is paid
         as ln |G| nats.
+    choices : the number of equally weighted alternatives this bound was selected from
+        (e.g. the size of a declared α grid); costs ln(choices) nats.
     """
     n = _validate.count(n, "n", positive=True)
     code_bits = _validate.nonnegative(code_bits, "code_bits")
     delta = _validate.delta(delta)
+    choices = _validate.count(choices, "choices", positive=True)
     if method not in OCCAM_METHODS:
         raise InvalidInput(f"unknown Occam method {method!r}; choose from {OCCAM_METHODS}")
     if (errors is None) == (risk is None):
@@ -93,19 +101,22 @@ def occam_bound(
         terms["length_prefix_bits"] = float(prefix)
         total_bits += prefix
     complexity_nats = total_bits * _LN2
+    choice_nats = math.log(choices)
+    terms["choices"] = float(choices)
+    terms["choice_nats"] = choice_nats
     log_inv_delta = -math.log(delta)
     terms["log_inv_delta"] = log_inv_delta
 
     if method == "binomial":
-        log_delta_h = math.log(delta) - complexity_nats
+        log_delta_h = math.log(delta) - complexity_nats - choice_nats
         terms["log_delta_h"] = log_delta_h
         value = binom_tail_inv(n, errors, log_delta_h)
     elif method == "kl":
-        c = (complexity_nats + log_inv_delta) / n
+        c = (complexity_nats + choice_nats + log_inv_delta) / n
         terms["complexity_per_example"] = c
         value = low + width * float(kl_inv(unit, c))
     elif method == "hoeffding":
-        c = (complexity_nats + log_inv_delta) / n
+        c = (complexity_nats + choice_nats + log_inv_delta) / n
         terms["complexity_per_example"] = c
         terms["deviation"] = width * math.sqrt(c / 2.0)
         value = risk + terms["deviation"]
@@ -115,7 +126,7 @@ def occam_bound(
         terms["beta_grid_size"] = float(grid.size)
         terms["grid_nats"] = grid_nats
         unit_bound, beta = catoni_minimum(
-            unit, complexity_nats + grid_nats + log_inv_delta, n, grid
+            unit, complexity_nats + grid_nats + choice_nats + log_inv_delta, n, grid
         )
         terms["beta"] = beta
         value = low + width * unit_bound

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .certificate import Certificate, TestResult, TrainResult
 from .evaluate import Evaluation, as_loader, evaluate
 from .occam import OCCAM_METHODS, occam_bound
@@ -219,10 +220,11 @@ def certify(
     loader made of a pre-quantized file, and that file is the code word as it is: no search
     and no fine-tuning; `prior` is then the loader's description (a dict with a fingerprint).
     """
-    from quantize import finetune, grid_fingerprint
+    from quantize import Code, finetune, grid_fingerprint
     from quantize.compress import coded_state
 
     occam_bounds(1, 0, 0, delta, methods)  # validate δ and methods before any work
+    quiet = quiet or not distributed.is_main()
     if opaque is not None and qat_epochs:
         raise ValueError("an opaque code word is certified as it is; it cannot be fine-tuned")
     grid = [] if opaque is not None else list(default_grid() if grid is None else grid)
@@ -281,6 +283,11 @@ def certify(
                         progress=lambda epoch, loss: steps.advance(),
                     ),
                 )
+            if distributed.active():
+                # Every rank fine-tunes alike on CPU, but GPU kernels need not be bitwise
+                # deterministic: all ranks take rank 0's word.
+                word = distributed.broadcast_object(code.to_bytes())
+                code = Code.from_bytes(word, prior).with_config(code.config)
         # The bound is about what the project's decoder makes of the bytes, so evaluate that.
         decoded, word = decoded_model(model, code, prior)
 

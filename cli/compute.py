@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Group
 from rich.table import Table
 
 from .output import Format, console, render
@@ -52,16 +54,25 @@ def check_writable(path: Path | None, what: str) -> None:
         raise ValueError(f"cannot write {what} {str(path)!r}: the file is read-only")
 
 
-def certificate_table(certificate) -> Table:
+def certificate_table(certificate) -> Table | Group:
     table = Table(title=certificate.claim, title_justify="left", show_header=False)
     table.add_column("quantity")
     table.add_column("value", overflow="fold")
     for name, value in certificate.summary_rows():
         table.add_row(name, value)
-    return table
+    if not hasattr(certificate, "bound_rows"):
+        return table
+    header, *rows = certificate.bound_rows()
+    bounds = Table(title="bounds (each a claim at δ)", title_justify="left")
+    for index, name in enumerate(header):
+        bounds.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        bounds.add_row(*row)
+    return Group(table, bounds)
 
 
 def search_grid(levels: str, schemes: str, coder: str) -> list[dict]:
+    """The product grid of the --levels, --schemes and --coder options."""
     from quantize import product_grid
 
     try:
@@ -75,6 +86,22 @@ def search_grid(levels: str, schemes: str, coder: str) -> list[dict]:
     )
 
 
+class Task(str, Enum):
+    classify = "classify"
+    lm = "lm"
+
+
+Distributed = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Shard evaluation over the processes of a torchrun launch (gloo on CPU, nccl "
+        "on CUDA); rank 0 prints and writes.",
+    ),
+]
+DEFAULT_DATA = {Task.classify: "mnist1d", Task.lm: "stdlib"}
+
+
 def compute(
     model: Annotated[
         str,
@@ -84,17 +111,79 @@ def compute(
         ),
     ],
     arch: Arch = None,
-    data: TrainData = "mnist1d",
+    task: Annotated[
+        Task, typer.Option(help="classify: labelled examples; lm: a causal language model.")
+    ] = Task.classify,
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--data",
+            help="Training data spec (default: mnist1d for classify, stdlib for lm).",
+        ),
+    ] = None,
     test_data: TestData = None,
     delta: Delta = 0.05,
-    levels: Levels = "4,8,16,32",
-    schemes: Schemes = "kmeans,uniform",
+    levels: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Quantization levels to search (default 4,8,16,32; lm 8,16,32)."),
+    ] = None,
+    schemes: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Quantizers to search (default kmeans,uniform; lm kmeans)."),
+    ] = None,
     coder: Coder = "auto",
     qat_epochs: QatEpochs = 0,
     qat_lr: QatLr = 1e-4,
     prior: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Prior: init:SEED or a file of reference weights."),
+        typer.Option(
+            help="Prior: init:SEED; a file of reference weights (codes θ − θ0); or "
+            "base:FILE, a frozen base checkpoint (codes only the tensors not in it, e.g. "
+            "LoRA factors)."
+        ),
+    ] = None,
+    code_file: Annotated[
+        bool,
+        typer.Option(
+            "--code-file",
+            help="MODEL is a pre-quantized file taken as the code word as it is: K = its "
+            "zstd size in a self-delimiting frame; the loader is the decoder (in the prior).",
+        ),
+    ] = False,
+    loader: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="module:function(path) → nn.Module that loads MODEL (--code-file)."),
+    ] = None,
+    context: Annotated[int, typer.Option(help="lm: tokens of context per window.")] = 256,
+    stride: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="lm: window stride (default: the context)."),
+    ] = None,
+    eod: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="lm: end-of-document token id that cuts the stream into documents."),
+    ] = None,
+    offsets: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="lm: .npy of document start offsets."),
+    ] = None,
+    token_dtype: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="lm: id type of a .bin stream, uint16 (default) or uint32."),
+    ] = None,
+    alphas: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="lm: smoothing grid α (comma-separated; default 2^-1..2^-10)."),
+    ] = None,
+    top_k: Annotated[str, typer.Option(help="lm: top-k errors to bound.")] = "1",
+    subsample: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="lm: evaluate s documents drawn at random (half of δ pays for it)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="lm: seed of the subsample.")] = 0,
+    batch_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Evaluation batch size (default 1024 examples; lm 8 windows)."),
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     json_path: Annotated[
@@ -107,42 +196,115 @@ def compute(
     ] = None,
     trust_pickle: TrustPickle = False,
     device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
+    distributed: Distributed = False,
     quiet: Quiet = False,
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
     import bounds
-    from bounds.pipeline import certify
+    from bounds import distributed as dist
 
-    from .specs import load_data, load_model, load_prior
+    from .specs import describe_loader, load_corpus, load_data, load_model, load_prior
 
     bounds.Ledger(delta)  # validates δ before any work
     check_writable(json_path, "JSON output")
     check_writable(save_code, "code file")
-    loaded = load_model(model, arch, trust_pickle=trust_pickle)
-    train = load_data(data, trust_pickle=trust_pickle)
-    test = (
-        None
-        if test_data is None
-        else load_data(test_data, default_split="test", trust_pickle=trust_pickle)
-    )
-    certificate = certify(
-        loaded.model,
-        train,
-        prior=load_prior(prior, loaded.architecture),
-        test_data=test,
+    if code_file and prior is not None:
+        raise ValueError("--code-file takes MODEL as the whole code word; it has no --prior")
+    if loader is not None and not code_file:
+        raise ValueError("--loader is the decoder of an opaque code word; pass --code-file")
+    if task is Task.lm and qat_epochs:
+        raise ValueError("--qat-epochs is for classifiers; it is not available with --task lm")
+    main_rank = True
+    if distributed:
+        dist.initialize(device)
+        main_rank = dist.is_main()
+    quiet = quiet or not main_rank
+    data = DEFAULT_DATA[task] if data is None else data
+
+    opaque = None
+    if code_file:
+        from quantize.opaque import OpaqueCode
+
+        loaded = load_model(model, arch, trust_pickle=trust_pickle, loader=loader)
+        opaque = OpaqueCode.from_file(model)
+        prior_object = describe_loader(loader, arch)
+    else:
+        loaded = load_model(model, arch, trust_pickle=trust_pickle)
+        network, prior_object = load_prior(prior, loaded.architecture, loaded.model)
+        loaded.model = network
+
+    grid = None
+    if levels is not None or schemes is not None or coder != "auto":
+        grid = search_grid(
+            levels or ("4,8,16,32" if task is Task.classify else "8,16,32"),
+            schemes or ("kmeans,uniform" if task is Task.classify else "kmeans"),
+            coder,
+        )
+    common = dict(
+        prior=prior_object,
         delta=delta,
-        grid=search_grid(levels, schemes, coder),
-        qat_epochs=qat_epochs,
-        qat_lr=qat_lr,
+        grid=grid,
         device=device,
         architecture=loaded.architecture,
+        opaque=opaque,
         quiet=quiet,
     )
+    if task is Task.lm:
+        from bounds.lm_pipeline import certify_lm
+
+        def corpus(spec: str, split: str):
+            return load_corpus(
+                spec, eod=eod, offsets=offsets, dtype=token_dtype, default_split=split
+            )
+
+        certificate = certify_lm(
+            loaded.model,
+            corpus(data, "train"),
+            test_corpus=None if test_data is None else corpus(test_data, "test"),
+            context=context,
+            stride=stride,
+            alphas=parse_floats(alphas, "--alphas") if alphas else bounds.DEFAULT_ALPHA_GRID,
+            top_k=parse_ints(top_k, "--top-k"),
+            subsample=subsample,
+            seed=seed,
+            batch_size=batch_size or 8,
+            **common,
+        )
+    else:
+        from bounds.pipeline import certify
+
+        certificate = certify(
+            loaded.model,
+            load_data(data, trust_pickle=trust_pickle),
+            test_data=None
+            if test_data is None
+            else load_data(test_data, default_split="test", trust_pickle=trust_pickle),
+            qat_epochs=qat_epochs,
+            qat_lr=qat_lr,
+            batch_size=batch_size or 1024,
+            **common,
+        )
+    if not main_rank:
+        return
     if json_path is not None:
         json_path.write_text(certificate.to_json() + "\n")
     if save_code is not None:
         save_code.write_bytes(certificate.code.to_bytes())
     render(certificate, fmt, certificate_table)
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
 
 
 def verify(
@@ -171,9 +333,11 @@ def verify(
         typer.Option(help="δ when no certificate is given."),
     ] = None,
     trust_pickle: TrustPickle = False,
+    distributed: Distributed = False,
     quiet: Quiet = False,
 ) -> None:
     """Decode CODE, re-evaluate it on DATA, recompute the bounds; exit 1 on any difference."""
+    from bounds import distributed as dist
     from bounds.pipeline import reproduce
 
     from .specs import build_architecture, load_data, load_model, load_prior
@@ -193,15 +357,22 @@ def verify(
         skeleton, architecture = build_architecture(arch), arch
     else:
         raise ValueError("pass --model (the file given to compute) or --arch to rebuild the model")
+    main_rank = True
+    if distributed:
+        dist.initialize("cpu")
+        main_rank = dist.is_main()
+    skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
     result = reproduce(
         code.read_bytes(),
         skeleton,
         load_data(data, trust_pickle=trust_pickle),
-        prior=load_prior(prior, architecture),
+        prior=prior_object,
         certificate=claimed,
         delta=delta,
-        quiet=quiet,
+        quiet=quiet or not main_rank,
     )
+    if not main_rank:
+        return
     for line in result.report:
         console.print(line, highlight=False, markup=False)
     if result.mismatches:

@@ -142,10 +142,19 @@ class LoadedModel:
     kind: str
 
 
-def load_model(path: str, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+def load_model(
+    path: str, arch: str | None = None, *, trust_pickle: bool = False, loader: str | None = None
+) -> LoadedModel:
     """Load MODEL: a state dict or .safetensors (with --arch), a Subspace checkpoint, a
-    TorchScript archive, or (only with `trust_pickle`) a pickled nn.Module."""
+    TorchScript archive, or (only with `trust_pickle`) a pickled nn.Module. With `loader`
+    (``module:function``), ``function(path)`` builds the model from the file."""
     file = _existing_file(path, "model file")
+    if loader is not None:
+        function, options = resolve_callable(loader, "loader")
+        model = function(str(file), **options)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"the loader {loader!r} did not return an nn.Module")
+        return LoadedModel(model, arch or f"loader:{loader}", "loaded by the declared loader")
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -258,11 +267,87 @@ def _pair_dataset(x: Any, y: Any, source: str) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def load_prior(spec: str | None, arch: str | None):
-    """The prior for a prior spec: ``init:SEED`` or a state-dict file of reference weights."""
+def describe_loader(loader: str | None, arch: str | None) -> dict[str, Any]:
+    """The decoder of an opaque code word, as a prior: what it is and a sha256 over its
+    spec and the source files of the modules it comes from, so a reader can audit it."""
+    import hashlib
+    import inspect
+
+    from bounds import __version__
+
+    digest = hashlib.sha256()
+    parts: list[str] = []
+    for what, spec in (("loader", loader), ("architecture", arch)):
+        if spec is None:
+            continue
+        function, _ = resolve_callable(spec, what)
+        digest.update(f"{what}|{spec}|".encode())
+        source = inspect.getsourcefile(function)
+        if source is not None:
+            digest.update(Path(source).read_bytes())
+        parts.append(f"{what} {spec}")
+    decoder = " + ".join(parts) or "the built-in model loaders"
+    digest.update(f"bounds {__version__}".encode())
+    return {
+        "kind": "decoder",
+        "decoder": decoder,
+        "note": "the code word is the file itself; its decoder is the declared loader, "
+        "which is part of the prior (fixed before the data, named by this fingerprint)",
+        "fingerprint": digest.hexdigest(),
+    }
+
+
+def load_corpus(
+    spec: str,
+    *,
+    eod: int | None = None,
+    offsets: str | os.PathLike[str] | None = None,
+    dtype: str | None = None,
+    default_split: str = "train",
+):
+    """A TokenCorpus: ``stdlib[:split=…,seed=…,held_out=…,max_file_bytes=…]`` (the standard
+    library's source files as bytes) or a ``.npy``/``.bin`` token stream."""
+    name, _, option_text = spec.partition(":")
+    if name == "stdlib":
+        from bounds.text_corpus import stdlib_corpus
+
+        options = _parse_options(option_text, "stdlib")
+        split = options.pop("split", default_split)
+        unknown = set(options) - {"seed", "held_out", "max_file_bytes"}
+        if unknown:
+            raise ValueError(
+                f"unknown stdlib options {sorted(unknown)}; use split, seed, held_out, "
+                "max_file_bytes"
+            )
+        return stdlib_corpus(split, **options)
+    if spec.endswith((".npy", ".bin")):
+        from bounds.tokens import load_tokens
+
+        _existing_file(spec, "token file")
+        if offsets is not None:
+            _existing_file(offsets, "offsets file")
+        return load_tokens(spec, dtype=dtype, eod=eod, offsets=offsets)
+    raise ValueError(f"unknown token data spec {spec!r}: use stdlib[:options] or a .npy/.bin file")
+
+
+def load_prior(
+    spec: str | None, arch: str | None, model: nn.Module | None = None, *, rebuild: bool = False
+):
+    """(model, prior) for a prior spec: ``init:SEED``, a state-dict file of reference weights,
+    or ``base:FILE`` (a frozen base: the model is wrapped so that only the tensors not in the
+    base are coded). `rebuild`: the model is a skeleton to decode into (``bounds verify``),
+    so a base is loaded into it first."""
     if spec is None:
-        return None
+        return model, None
     from quantize import InitPrior, ReferencePrior
+    from quantize.base import FineTuned
+
+    if spec.startswith("base:"):
+        path = spec.removeprefix("base:")
+        base = _state_file(path, "base checkpoint")
+        if rebuild:
+            load_state_into(model, {**model.state_dict(), **base}, f"base checkpoint {path!r}")
+        return FineTuned(model, base, name=os.path.basename(path)), None
 
     if spec.startswith("init:"):
         if arch is None:
@@ -272,10 +357,24 @@ def load_prior(spec: str | None, arch: str | None):
         except ValueError:
             raise ValueError(f"--prior init:SEED needs an integer seed, got {spec!r}") from None
         factory, options = resolve_callable(arch, "architecture")
-        return InitPrior(functools.partial(factory, **options), seed)
-    content = _torch_load(_existing_file(spec, "prior file"), False, "prior file")
+        return model, InitPrior(functools.partial(factory, **options), seed)
+    return model, ReferencePrior(_state_file(spec, "prior file"), name=os.path.basename(spec))
+
+
+def _state_file(path: str, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or PyTorch file (never unpickling code)."""
+    file = _existing_file(path, what)
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{what} {path!r} is not a valid safetensors file: {error}") from None
+    content = _torch_load(file, False, what)
     if not isinstance(content, dict) or not all(
         isinstance(v, torch.Tensor) for v in content.values()
     ):
-        raise ValueError(f"prior file {spec!r} must hold a state dict of reference weights")
-    return ReferencePrior(content, name=os.path.basename(spec))
+        raise ValueError(f"{what} {path!r} must hold a state dict (name → tensor)")
+    return content

@@ -1,0 +1,176 @@
+"""Certify a small MNIST-1D model, in one process or as one rank of a torchrun launch.
+
+Started by tests/test_distributed.py (this file is not a test module):
+
+    python tests/distributed_worker.py MODEL OUT_DIR                 # one process
+    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py MODEL OUT_DIR
+
+Writes OUT_DIR/certificate.json (the certificate, the float model's evaluation, and what
+`reproduce` found) and, when distributed, OUT_DIR/checks.json (each rank's results of the
+collective helpers). Only rank 0 writes, and it creates each file exclusively, so a second
+writer would fail the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BATCH_SIZE = 200  # 1 500 examples → 8 batches, the last one partial
+SPEC = {"n": 1500, "m": 300, "seed": 3}
+WIDTH = 6
+GRID = [
+    {"levels": levels, "scheme": "kmeans", "coder": "auto", "groups": "global"} for levels in (4, 8)
+]
+QAT_EPOCHS = 1
+#: Example whose label the failure check puts out of range: in batch 1, so on rank 1 of 2.
+BAD_EXAMPLE = 250
+
+
+def disjoint_int_values(size: int = 12) -> np.ndarray:
+    """Entries needing all 64 bits (beyond float64's 53), both signs."""
+    index = np.arange(size, dtype=np.int64)
+    return np.where(index % 2 == 0, 2**62 + 12345 * index, -(2**61) - 7 * index - 1)
+
+
+def disjoint_float_values(size: int = 12) -> np.ndarray:
+    """Entries of every magnitude, including a subnormal and the largest finite float."""
+    values = [math.pi, 0.1, 1e308, 5e-324, -2.5e-310, 1.0 + 2**-52, -1e-5, 123456789.123]
+    return np.resize(np.array(values, dtype=np.float64), size)
+
+
+def owned(size: int, rank: int, world: int) -> np.ndarray:
+    return np.arange(size) % world == rank
+
+
+def collective_checks(model, train) -> dict:
+    """This rank's results of the collective helpers and of failures inside evaluate."""
+    from bounds import distributed
+    from bounds.evaluate import evaluate
+
+    rank, world = distributed.rank(), distributed.world_size()
+    ints, floats = disjoint_int_values(), disjoint_float_values()
+    mine = owned(ints.size, rank, world)
+    checks = {
+        "rank": rank,
+        "world": world,
+        "shard": list(distributed.shard()),
+        "is_main": distributed.is_main(),
+        "ints": distributed.sum_disjoint(np.where(mine, ints, 0)).tolist(),
+        "floats": [v.hex() for v in distributed.sum_disjoint(np.where(mine, floats, 0.0))],
+        "broadcast": distributed.broadcast_object({"from": rank}),
+    }
+
+    def failure(work) -> str | None:
+        try:
+            work()
+        except ValueError as error:
+            return str(error)
+        return None
+
+    checks["overlap"] = failure(lambda: distributed.sum_disjoint(np.ones(3)))
+    checks["float32"] = failure(lambda: distributed.sum_disjoint(np.ones(3, dtype=np.float32)))
+    inputs, labels = train.tensors
+    bad_labels = labels.clone()
+    bad_labels[BAD_EXAMPLE] = 10
+    checks["bad_label"] = failure(
+        lambda: evaluate(model, (inputs, bad_labels), batch_size=BATCH_SIZE)
+    )
+    other = mnist1d_model(None)
+    if rank == 1:
+        with torch.no_grad():
+            other[-1].bias[0] += 1.0
+    checks["different_weights"] = failure(lambda: evaluate(other, train, batch_size=BATCH_SIZE))
+    return checks
+
+
+def mnist1d_model(path: str | None) -> torch.nn.Module:
+    from bounds.architectures import mnist1d_cnn
+
+    torch.manual_seed(0)
+    model = mnist1d_cnn(width=WIDTH)
+    if path is not None:
+        model.load_state_dict(torch.load(path, weights_only=True))
+    return model
+
+
+def write_once(path: Path, payload: dict) -> None:
+    """Create `path` (failing if it exists, so two writers cannot both succeed)."""
+    with path.open("x") as handle:
+        json.dump(payload, handle, indent=1)
+
+
+def main(model_path: str, out_dir: str) -> None:
+    # Float32 kernels (convolutions, matrix products) split their work by thread count, and
+    # a different split rounds differently; one thread in every process makes the per-batch
+    # float64 loss sums of the single-process and the torchrun runs comparable bit for bit.
+    torch.set_num_threads(1)
+    from bounds import certify, distributed, reproduce
+    from bounds.datasets import MNIST1DSpec, mnist1d
+    from bounds.evaluate import evaluate
+
+    launched = "WORLD_SIZE" in os.environ
+    initialized = []
+    if launched:
+        initialized = [distributed.initialize("cpu"), distributed.initialize("cpu")]
+    spec = MNIST1DSpec(**SPEC)
+    train, test = mnist1d(spec), mnist1d(spec, split="test")
+    model = mnist1d_model(model_path)
+    checks = {"initialized": initialized, **collective_checks(model, train)} if launched else None
+
+    float_eval = evaluate(model, train, batch_size=BATCH_SIZE)
+    certificate = certify(
+        model,
+        train,
+        test_data=test,
+        grid=GRID,
+        qat_epochs=QAT_EPOCHS,
+        batch_size=BATCH_SIZE,
+        architecture=f"mnist1d_cnn:width={WIDTH}",
+    )
+    claim = json.loads(certificate.to_json())
+    reproduction = reproduce(
+        certificate.code.to_bytes(),
+        mnist1d_model(None),
+        train,
+        certificate=claim,
+        batch_size=BATCH_SIZE,
+    )
+    everyone = [checks]
+    if launched:
+        everyone = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(everyone, checks)
+    if distributed.is_main():
+        out = Path(out_dir)
+        write_once(
+            out / "certificate.json",
+            {
+                "written_by": distributed.rank(),
+                "world": distributed.world_size(),
+                "float_evaluation": {
+                    "n": float_eval.n,
+                    "errors": float_eval.errors,
+                    "loss_sum": float_eval.loss_sum.hex(),
+                },
+                "certificate": claim,
+                "reproduction": {
+                    "errors": reproduction.errors,
+                    "code_sha256": reproduction.code_sha256,
+                    "mismatches": reproduction.mismatches,
+                },
+            },
+        )
+        if launched:
+            write_once(out / "checks.json", {"written_by": distributed.rank(), "ranks": everyone})
+    distributed.barrier()
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -147,7 +147,12 @@ def load_model(
 ) -> LoadedModel:
     """Load MODEL: a state dict or .safetensors (with --arch), a Subspace checkpoint, a
     TorchScript archive, or (only with `trust_pickle`) a pickled nn.Module. With `loader`
-    (``module:function``), ``function(path)`` builds the model from the file."""
+    (``module:function``), ``function(path)`` builds the model from the file. A directory
+    written by Hugging Face ``save_pretrained`` loads as that causal LM (local files only)."""
+    from bounds import hf
+
+    if loader is None and hf.is_model_directory(path):
+        return LoadedModel(hf.load_directory(path), f"hf:{path}", "Hugging Face directory")
     file = _existing_file(path, "model file")
     if loader is not None:
         function, options = resolve_callable(loader, "loader")

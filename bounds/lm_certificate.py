@@ -1,7 +1,8 @@
 """The language-model certificate: bits-per-token and top-k bounds side by side.
 
 JSON (``schema_version`` 1, ``task`` "lm"): ``claim``; ``delta``; ``corpus`` (source,
-documents n, scored tokens m, context, stride, vocabulary, subsample size and seed);
+documents n, scored tokens m, context, stride, vocabulary, subsample size and seed, evaluation
+batch size: everything `bounds.lm_pipeline.reproduce_lm` needs to score the corpus again);
 ``train`` (float and decoded model: bits per token, smoothed bits per α, top-k error rates,
 on the evaluated documents); ``bounds`` ({loss: {method: Bound}}, loss "bits" or "topK",
 methods bounds.lm_bounds.LM_METHODS; each is its own claim at δ); ``risks`` (what each method

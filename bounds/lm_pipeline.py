@@ -8,7 +8,7 @@ declared grid) and top-k errors, each bounded at the document level and at the t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +25,12 @@ from .pipeline import (
     choose_code,
     decoded_model,
     describe_prior,
+    load_decoded,
     network_parameters,
     opaque_config,
 )
 from .result import Bound
-from .sequence import DEFAULT_ALPHA_GRID, smoothed_loss_range
+from .sequence import DEFAULT_ALPHA_GRID, bernstein_bound, smoothed_loss_range
 
 DEFAULT_TOP_K = (1,)
 HEADLINE = ("bits", "token_bernstein")
@@ -52,16 +53,19 @@ class Plan:
     seed: int
 
 
-def plan_evaluation(corpus, subsample: int | None, seed: int) -> Plan:
+def plan_evaluation(corpus, subsample: int | None, seed: int, candidates: int = 1) -> Plan:
     """Every document once, or s documents drawn twice with replacement (seeded): uniformly
     for the document-level bounds and in proportion to scored tokens for the token level.
-    Each distinct drawn document is evaluated once."""
+    Each distinct drawn document is evaluated once. `candidates`: how many code words will be
+    chosen among by their losses on the draws (bounds.lm_bounds.Sampling)."""
     lengths = (corpus.ends - corpus.starts - 1).astype(np.int64)
     documents, tokens = len(lengths), int(lengths.sum())
     if subsample is None:
         return Plan(corpus, Sampling(documents, tokens), None, seed)
     if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
         raise ValueError(f"the subsample size must be a positive integer, got {subsample!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"the subsample seed must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(seed)
     uniform = rng.integers(0, documents, size=subsample)
     weighted = rng.choice(documents, size=subsample, p=lengths / tokens)
@@ -71,6 +75,7 @@ def plan_evaluation(corpus, subsample: int | None, seed: int) -> Plan:
         tokens,
         uniform=np.searchsorted(distinct, uniform),
         weighted=np.searchsorted(distinct, weighted),
+        candidates=candidates,
     )
     return Plan(corpus.subset(distinct), sampling, subsample, seed)
 
@@ -119,6 +124,44 @@ def summarize(evaluation, alphas: Sequence[float], top_k: Sequence[int]) -> Loss
     )
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How a model is scored: window context and stride, the α grid, the top-k list, and the
+    batching (float32 kernels may round by batch shape, so it is part of what is reproduced)."""
+
+    context: int
+    stride: int
+    alphas: tuple[float, ...]
+    top_k: tuple[int, ...]
+    batch_size: int
+    device: str
+    quiet: bool
+
+    def evaluate(self, module: torch.nn.Module, corpus, description: str):
+        """evaluate_lm with these settings; under torchrun each rank scores its share of the
+        batches and the per-window sums are added up exactly (each row is filled on one rank)."""
+        from .lm_eval import evaluate_lm
+
+        shard = distributed.shard()
+        evaluation = evaluate_lm(
+            module,
+            corpus,
+            context=self.context,
+            stride=self.stride,
+            alphas=self.alphas,
+            top_k=self.top_k,
+            batch_size=self.batch_size,
+            device=self.device,
+            quiet=self.quiet,
+            shard=shard,
+            description=description,
+        )
+        if shard is None:
+            return evaluation
+        summed = {k: distributed.sum_disjoint(v) for k, v in evaluation.arrays().items()}
+        return evaluation.with_arrays(summed)
+
+
 def certify_lm(
     model: torch.nn.Module,
     corpus,
@@ -145,46 +188,38 @@ def certify_lm(
     `stride` (default `context`) through each document; every token but a document's first
     is scored once. The code is chosen from `grid` (default `lm_default_grid()`) by the
     token-level Bernstein bound on bits per token; with `subsample` = s, s documents are drawn
-    (seed `seed`) instead of evaluating the whole corpus, with half of δ for the sampling.
-    With `test_corpus`, the decoded model's held-out losses are reported with a
-    document-level test-set bound each. `opaque`: as in `bounds.certify`.
+    (seed `seed`) instead of evaluating the whole corpus, with half of δ for the sampling;
+    the seed must be fixed before any result is seen (trying seeds and keeping the best is a
+    selection no δ share pays for). With `test_corpus`, the decoded model's held-out losses
+    are reported with a document-level test-set bound each. `opaque`: as in `bounds.certify`.
     """
     from quantize import grid_fingerprint
     from quantize.compress import coded_state
 
-    from .lm_eval import evaluate_lm
-
     Ledger(delta)  # validates δ before any work
-    quiet = quiet or not distributed.is_main()
-    stride = context if stride is None else stride
-    alphas, top_k = tuple(float(a) for a in alphas), tuple(int(k) for k in top_k)
+    settings = Settings(
+        context=context,
+        stride=context if stride is None else stride,
+        alphas=tuple(float(a) for a in alphas),
+        top_k=tuple(int(k) for k in top_k),
+        batch_size=batch_size,
+        device=device,
+        quiet=quiet or not distributed.is_main(),
+    )
+    if not settings.alphas:
+        raise ValueError("the α grid is empty: give at least one smoothing value")
     grid = [] if opaque is not None else list(lm_default_grid() if grid is None else grid)
-    plan = plan_evaluation(corpus, subsample, seed)
+    if opaque is None and not grid:
+        raise ValueError("the search grid is empty: give at least one configuration")
+    plan = plan_evaluation(corpus, subsample, seed, candidates=max(1, len(grid)))
     clock = Stopwatch()
 
     def run(module: torch.nn.Module, data, description: str):
-        shard = distributed.shard()
-        evaluation = evaluate_lm(
-            module,
-            data,
-            context=context,
-            stride=stride,
-            alphas=alphas,
-            top_k=top_k,
-            batch_size=batch_size,
-            device=device,
-            quiet=quiet,
-            shard=shard,
-            description=description,
-        )
-        if shard is None:
-            return evaluation
-        # Each window's row is filled on one rank only, so the sum is exact.
-        summed = {k: distributed.sum_disjoint(v) for k, v in evaluation.arrays().items()}
-        return evaluation.with_arrays(summed)
+        return settings.evaluate(module, data, description)
 
     float_eval = clock.time("float_evaluation", lambda: run(model, plan.corpus, "float model"))
     vocab_size = float_eval.vocab_size
+    alphas, top_k = settings.alphas, settings.top_k
 
     def bounds_of(bits: int, evaluation) -> dict[str, dict[str, Bound]]:
         return all_bounds(
@@ -196,20 +231,21 @@ def certify_lm(
         return bounds_of(bits, evaluation)[loss][method].value
 
     def floor(bits: int) -> float:
-        # No evaluation does better than the least loss with no forecast error on any token.
-        tokens = plan.sampling.tokens
-        least = np.array([[smoothed_loss_range(alpha, vocab_size)[0] for alpha in alphas]])
-        full = Sampling(plan.sampling.documents, tokens)
-        return smoothed_bounds(
-            least * tokens,
-            np.zeros_like(least),
-            np.array([tokens]),
-            alphas,
-            vocab_size,
-            full,
-            bits,
-            delta,
-        )[HEADLINE[1]].value
+        # No evaluation does better than the least loss with no forecast error on any token,
+        # with all of δ for the bound (a subsample's share only raises the bound). The
+        # bound is monotone in the mean and in V, so this is below every headline.
+        return min(
+            bernstein_bound(
+                smoothed_loss_range(alpha, vocab_size)[0],
+                plan.sampling.tokens,
+                bits,
+                delta,
+                square_sum=0.0,
+                loss_range=smoothed_loss_range(alpha, vocab_size),
+                choices=len(alphas),
+            ).value
+            for alpha in alphas
+        )
 
     if opaque is not None:
         code, candidates, word, decoded = opaque, [], opaque.to_bytes(), model
@@ -227,7 +263,7 @@ def certify_lm(
                 headline,
                 floor,
                 lambda evaluation: {"bits_per_token": summarize(evaluation, alphas, top_k).bits},
-                quiet=quiet,
+                quiet=settings.quiet,
             ),
         )
         code, candidates = choice.code, choice.candidates
@@ -260,11 +296,12 @@ def certify_lm(
             "source": corpus.source,
             "documents": plan.sampling.documents,
             "scored_tokens": plan.sampling.tokens,
-            "context": context,
-            "stride": stride,
+            "context": settings.context,
+            "stride": settings.stride,
             "vocab_size": vocab_size,
             "subsample": plan.subsample,
             "subsample_seed": plan.seed if plan.subsample else None,
+            "batch_size": settings.batch_size,
         },
         alphas=alphas,
         top_k=top_k,
@@ -285,3 +322,178 @@ def certify_lm(
         versions=_versions(),
         code=code,
     )
+
+
+@dataclass(frozen=True)
+class LMReproduction:
+    """What `reproduce_lm` recomputed from a code word, and how it compares with the claim."""
+
+    summary: LossSummary
+    code_bits: int
+    code_sha256: str
+    bounds: dict[str, dict[str, Bound]]
+    report: list[str]
+    mismatches: list[str]
+
+
+def _claimed_settings(certificate: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluation settings and δ a certificate states, checked for presence and type."""
+    if not isinstance(certificate, Mapping) or certificate.get("task") != "lm":
+        raise ValueError("the certificate is not a language-model certificate (task 'lm')")
+    try:
+        corpus = certificate["corpus"]
+        settings = {
+            "delta": float(certificate["delta"]),
+            "context": int(corpus["context"]),
+            "stride": int(corpus["stride"]),
+            "alphas": tuple(float(a) for a in certificate["alphas"]),
+            "top_k": tuple(int(k) for k in certificate["top_k"]),
+            "subsample": None if corpus["subsample"] is None else int(corpus["subsample"]),
+            "seed": int(corpus["subsample_seed"] or 0),
+            "batch_size": corpus.get("batch_size"),
+            "grid_size": int(certificate["grid"]["size"]),
+            "opaque": certificate["code"]["config"].get("kind") == "opaque file",
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"the certificate lacks a readable LM setting: {error!r}") from None
+    return settings
+
+
+def reproduce_lm(
+    word: bytes,
+    model: torch.nn.Module,
+    corpus,
+    *,
+    certificate: Mapping[str, Any],
+    prior: Any = None,
+    load_opaque: Callable[[bytes], torch.nn.Module] | None = None,
+    quiet: bool = True,
+    device: str = "cpu",
+    batch_size: int = 8,
+) -> LMReproduction:
+    """Decode `word` into `model`'s architecture, re-score `corpus` and recompute every bound.
+
+    The evaluation settings come from `certificate` (its JSON dict): context, stride, α grid,
+    top-k list, subsample size and seed, δ, the grid size (for the subsample's union over the
+    candidates) and the batch size (`batch_size` is used only when the certificate states
+    none). Every number the certificate states about the code word, the corpus, the decoded
+    model's losses and the bounds must match exactly; differences are listed in `mismatches`,
+    as by `bounds.pipeline.reproduce`. A corrupted word raises quantize.CodeError.
+
+    For an opaque certificate (`bounds compute --code-file`) the word is the framed file;
+    `load_opaque(file bytes)` is the declared decoder and `prior` its description (a dict).
+    """
+    from quantize import Code
+    from quantize.compress import coded_state
+    from quantize.opaque import OpaqueCode
+
+    stated = _claimed_settings(certificate)
+    if stated["opaque"]:
+        if load_opaque is None:
+            raise ValueError("the certificate is for an opaque code word: give its loader")
+        code = OpaqueCode.from_bytes(word)
+        decoded = load_opaque(code.contents())
+        prior_description = dict(prior or {})
+        config_found = opaque_config(code)
+    else:
+        _, prior = coded_state(model, prior)
+        code = Code.from_bytes(word, prior)
+        decoded = load_decoded(model, code.decode(prior))
+        prior_description = describe_prior(prior)
+        config_found = None
+    settings = Settings(
+        context=stated["context"],
+        stride=stated["stride"],
+        alphas=stated["alphas"],
+        top_k=stated["top_k"],
+        batch_size=batch_size if stated["batch_size"] is None else int(stated["batch_size"]),
+        device=device,
+        quiet=quiet,
+    )
+    plan = plan_evaluation(
+        corpus, stated["subsample"], stated["seed"], candidates=max(1, stated["grid_size"])
+    )
+    evaluation = settings.evaluate(decoded, plan.corpus, "decoded model")
+    bounds = all_bounds(
+        evaluation.per_document(),
+        settings.alphas,
+        settings.top_k,
+        evaluation.vocab_size,
+        plan.sampling,
+        code.bits,
+        stated["delta"],
+    )
+    summary = summarize(evaluation, settings.alphas, settings.top_k)
+    sha256 = hashlib.sha256(word).hexdigest()
+    report = [
+        f"code word: {code.bits} bits, sha256 {sha256}",
+        f"decoded model: {summary.bits:.6f} bits per token on {summary.tokens} scored tokens "
+        f"of {summary.documents} documents",
+    ]
+    report += [
+        f"{loss} {method} bound: {bound.value:.6f}"
+        for loss, by_method in bounds.items()
+        for method, bound in by_method.items()
+    ]
+    found = {
+        "code sha256": sha256,
+        "code bits": code.bits,
+        "prior fingerprint": prior_description.get("fingerprint"),
+        "documents": plan.sampling.documents,
+        "scored tokens": plan.sampling.tokens,
+        "evaluated tokens": summary.tokens,
+        "decoded bits per token": summary.bits,
+    }
+    if config_found is not None:
+        found["opaque file sha256"] = config_found["file_sha256"]
+    found |= {f"decoded top-{k} error": rate for k, rate in summary.top_k_error.items()}
+    found |= {
+        f"{loss} {method} bound": bound.value
+        for loss, by_method in bounds.items()
+        for method, bound in by_method.items()
+    }
+    claimed = _claimed_values(certificate)
+    mismatches = [
+        f"{key}: certificate says {claimed.get(key)}, recomputed {value}"
+        for key, value in found.items()
+        if claimed.get(key) != value
+    ]
+    mismatches += [
+        f"{key}: certificate says {claimed[key]}, not recomputed" for key in claimed.keys() - found
+    ]
+    report.append("certificate: " + ("MISMATCH" if mismatches else "verified"))
+    return LMReproduction(
+        summary=summary,
+        code_bits=code.bits,
+        code_sha256=sha256,
+        bounds=bounds,
+        report=report,
+        mismatches=mismatches,
+    )
+
+
+def _claimed_values(certificate: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of an LM certificate that `reproduce_lm` recomputes, by the same names."""
+    try:
+        quantized = certificate["train"]["quantized"]
+        claimed = {
+            "code sha256": certificate["code"]["sha256"],
+            "code bits": certificate["code"]["bits"],
+            "prior fingerprint": certificate["prior"].get("fingerprint"),
+            "documents": certificate["corpus"]["documents"],
+            "scored tokens": certificate["corpus"]["scored_tokens"],
+            "evaluated tokens": quantized["tokens"],
+            "decoded bits per token": quantized["bits"],
+        }
+        config = certificate["code"]["config"]
+        if config.get("kind") == "opaque file":
+            claimed["opaque file sha256"] = config["file_sha256"]
+        claimed |= {f"decoded top-{k} error": v for k, v in quantized["top_k_error"].items()}
+        claimed |= {
+            f"{loss} {method} bound": bound["value"]
+            for loss, by_method in certificate["bounds"].items()
+            for method, bound in by_method.items()
+        }
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"the certificate lacks a field it must state: {error!r}") from None
+    return claimed

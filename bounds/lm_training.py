@@ -2,8 +2,8 @@
 
 Each step draws `batch_size` windows of `context` + 1 tokens: a document with probability
 proportional to its scored tokens, then a start position uniform over the document's tokens
-but its last (so every scored token is equally likely to be in a window). Windows never cross
-a document's end; short windows are padded and the padding is left out of the loss. The loss
+but its last (so every scored token can be a window's first target). Windows never cross a
+document's end; short windows are padded and the padding is left out of the loss. The loss
 is the mean next-token cross-entropy; AdamW with the cosine step size of bounds.training.
 """
 

@@ -14,6 +14,7 @@ the token stream, so a report identifies it exactly.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import platform
 import sysconfig
 from pathlib import Path
@@ -42,11 +43,29 @@ def stdlib_corpus(
     """The training or held-out documents of the standard-library byte corpus."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not 0.0 < held_out < 1.0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if (
+        isinstance(held_out, bool)
+        or not isinstance(held_out, numbers.Real)
+        or not 0.0 < held_out < 1.0
+    ):
         raise ValueError(f"held_out must be a fraction in (0, 1), got {held_out!r}")
+    if (
+        isinstance(max_file_bytes, bool)
+        or not isinstance(max_file_bytes, numbers.Integral)
+        or max_file_bytes < 2
+    ):
+        raise ValueError(f"max_file_bytes must be an integer of at least 2, got {max_file_bytes!r}")
     files = stdlib_files(max_file_bytes)
     order = np.random.default_rng(seed).permutation(len(files))
     cut = int(round(held_out * len(files)))
+    if not 0 < cut < len(files):
+        raise ValueError(
+            f"held_out={held_out} of the {len(files)} files of at most {max_file_bytes} bytes "
+            f"leaves {'no held-out' if cut == 0 else 'no training'} file; change held_out or "
+            "max_file_bytes"
+        )
     chosen = sorted(order[:cut] if split == "test" else order[cut:])
     documents = [np.frombuffer(files[i].read_bytes(), dtype=np.uint8) for i in chosen]
     lengths = np.array([len(document) + 1 for document in documents], dtype=np.int64)

@@ -154,7 +154,10 @@ def compute(
         Optional[str],  # noqa: UP045
         typer.Option(help="module:function(path) → nn.Module that loads MODEL (--code-file)."),
     ] = None,
-    context: Annotated[int, typer.Option(help="lm: tokens of context per window.")] = 256,
+    context: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="lm: tokens of context per window (default 256)."),
+    ] = None,
     stride: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(help="lm: window stride (default: the context)."),
@@ -167,6 +170,10 @@ def compute(
         Optional[Path],  # noqa: UP045
         typer.Option(help="lm: .npy of document start offsets."),
     ] = None,
+    test_offsets: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="lm: .npy of document start offsets of the --test-data stream."),
+    ] = None,
     token_dtype: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="lm: id type of a .bin stream, uint16 (default) or uint32."),
@@ -175,7 +182,10 @@ def compute(
         Optional[str],  # noqa: UP045
         typer.Option(help="lm: smoothing grid α (comma-separated; default 2^-1..2^-10)."),
     ] = None,
-    top_k: Annotated[str, typer.Option(help="lm: top-k errors to bound.")] = "1",
+    top_k: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="lm: top-k errors to bound (comma-separated; default 1)."),
+    ] = None,
     subsample: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(help="lm: evaluate s documents drawn at random (half of δ pays for it)."),
@@ -214,6 +224,30 @@ def compute(
         raise ValueError("--loader is the decoder of an opaque code word; pass --code-file")
     if task is Task.lm and qat_epochs:
         raise ValueError("--qat-epochs is for classifiers; it is not available with --task lm")
+    lm_options = {
+        "--context": context,
+        "--stride": stride,
+        "--eod": eod,
+        "--offsets": offsets,
+        "--test-offsets": test_offsets,
+        "--token-dtype": token_dtype,
+        "--alphas": alphas,
+        "--top-k": top_k,
+        "--subsample": subsample,
+    }
+    given = [name for name, value in lm_options.items() if value is not None]
+    if task is Task.classify and given:
+        raise ValueError(f"{', '.join(given)} apply to --task lm only")
+    if test_offsets is not None and test_data is None:
+        raise ValueError("--test-offsets cuts the --test-data stream; give --test-data too")
+    held_out_stream = test_data is not None and test_data.endswith((".npy", ".bin"))
+    if offsets is not None and held_out_stream and test_offsets is None:
+        # The training stream's offsets say nothing about where the held-out documents start;
+        # reusing them would cut the held-out stream at the wrong places.
+        raise ValueError(
+            "--offsets cut the training stream only; give --test-offsets for the documents "
+            "of the --test-data stream"
+        )
     main_rank = True
     if distributed:
         dist.initialize(device)
@@ -252,19 +286,17 @@ def compute(
     if task is Task.lm:
         from bounds.lm_pipeline import certify_lm
 
-        def corpus(spec: str, split: str):
-            return load_corpus(
-                spec, eod=eod, offsets=offsets, dtype=token_dtype, default_split=split
-            )
+        def corpus(spec: str, split: str, cuts: Path | None):
+            return load_corpus(spec, eod=eod, offsets=cuts, dtype=token_dtype, default_split=split)
 
         certificate = certify_lm(
             loaded.model,
-            corpus(data, "train"),
-            test_corpus=None if test_data is None else corpus(test_data, "test"),
-            context=context,
+            corpus(data, "train", offsets),
+            test_corpus=None if test_data is None else corpus(test_data, "test", test_offsets),
+            context=256 if context is None else context,
             stride=stride,
             alphas=parse_floats(alphas, "--alphas") if alphas else bounds.DEFAULT_ALPHA_GRID,
-            top_k=parse_ints(top_k, "--top-k"),
+            top_k=parse_ints("1" if top_k is None else top_k, "--top-k"),
             subsample=subsample,
             seed=seed,
             batch_size=batch_size or 8,
@@ -311,7 +343,15 @@ def verify(
     code: Annotated[
         Path, typer.Argument(help="Code word written by `bounds compute --save-code`.")
     ],
-    data: TrainData = "mnist1d",
+    task: Annotated[
+        Task, typer.Option(help="classify or lm, as given to compute (lm needs --certificate).")
+    ] = Task.classify,
+    data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--data", help="Training data spec (default: mnist1d for classify, stdlib for lm)."
+        ),
+    ] = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -324,6 +364,10 @@ def verify(
         Optional[str],  # noqa: UP045
         typer.Option(help="Prior spec, as given to compute."),
     ] = None,
+    loader: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="lm: the loader of an opaque code word (compute --code-file)."),
+    ] = None,
     certificate: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(help="Certificate JSON to check against."),
@@ -332,15 +376,28 @@ def verify(
         Optional[float],  # noqa: UP045
         typer.Option(help="δ when no certificate is given."),
     ] = None,
+    eod: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="lm: end-of-document token id, as given to compute."),
+    ] = None,
+    offsets: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help="lm: .npy of document start offsets, as given to compute."),
+    ] = None,
+    token_dtype: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="lm: id type of a .bin stream, as given to compute."),
+    ] = None,
     trust_pickle: TrustPickle = False,
     distributed: Distributed = False,
     quiet: Quiet = False,
 ) -> None:
-    """Decode CODE, re-evaluate it on DATA, recompute the bounds; exit 1 on any difference."""
-    from bounds import distributed as dist
-    from bounds.pipeline import reproduce
+    """Decode CODE, re-evaluate it on DATA, recompute the bounds; exit 1 on any difference.
 
-    from .specs import build_architecture, load_data, load_model, load_prior
+    With --task lm the evaluation settings (context, stride, α grid, top-k, subsample and its
+    seed, δ, batch size) are read from the certificate, which is required.
+    """
+    from bounds import distributed as dist
 
     if not code.is_file():
         raise ValueError(f"code file {str(code)!r} does not exist or is not a file")
@@ -350,27 +407,38 @@ def verify(
             claimed = json.loads(Path(certificate).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read certificate {str(certificate)!r}: {error}") from None
-    if model is not None:
-        loaded = load_model(model, arch, trust_pickle=trust_pickle)
-        skeleton, architecture = loaded.model, loaded.architecture
-    elif arch is not None:
-        skeleton, architecture = build_architecture(arch), arch
+    if task is Task.lm:
+        if claimed is None:
+            raise ValueError(
+                "--task lm needs --certificate: the evaluation settings are read from it"
+            )
+        if delta is not None:
+            raise ValueError("--delta is for a classifier without certificate; δ comes from it")
     else:
-        raise ValueError("pass --model (the file given to compute) or --arch to rebuild the model")
+        if isinstance(claimed, dict) and claimed.get("task") == "lm":
+            raise ValueError("the certificate is a language model's: pass --task lm")
+        given = {
+            "--loader": loader,
+            "--eod": eod,
+            "--offsets": offsets,
+            "--token-dtype": token_dtype,
+        }
+        names = [name for name, value in given.items() if value is not None]
+        if names:
+            raise ValueError(f"{', '.join(names)} apply to --task lm only")
+    data = DEFAULT_DATA[task] if data is None else data
     main_rank = True
     if distributed:
         dist.initialize("cpu")
         main_rank = dist.is_main()
-    skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
-    result = reproduce(
-        code.read_bytes(),
-        skeleton,
-        load_data(data, trust_pickle=trust_pickle),
-        prior=prior_object,
-        certificate=claimed,
-        delta=delta,
-        quiet=quiet or not main_rank,
-    )
+    quiet = quiet or not main_rank
+    if task is Task.lm:
+        result = _reproduce_lm(
+            code, data, claimed, model, arch, prior, loader, eod, offsets, token_dtype,
+            trust_pickle, quiet,
+        )  # fmt: skip
+    else:
+        result = _reproduce(code, data, claimed, model, arch, prior, delta, trust_pickle, quiet)
     if not main_rank:
         return
     for line in result.report:
@@ -379,3 +447,82 @@ def verify(
         for mismatch in result.mismatches:
             sys.stderr.write(f"mismatch: {mismatch}\n")
         raise typer.Exit(1)
+
+
+def _skeleton(model: str | None, arch: str | None, trust_pickle: bool):
+    """(model to decode into, its architecture spec) from --model or --arch."""
+    from .specs import build_architecture, load_model
+
+    if model is not None:
+        loaded = load_model(model, arch, trust_pickle=trust_pickle)
+        return loaded.model, loaded.architecture
+    if arch is not None:
+        return build_architecture(arch), arch
+    raise ValueError("pass --model (the file given to compute) or --arch to rebuild the model")
+
+
+def _reproduce(code, data, claimed, model, arch, prior, delta, trust_pickle, quiet):
+    from bounds.pipeline import reproduce
+
+    from .specs import load_data, load_prior
+
+    skeleton, architecture = _skeleton(model, arch, trust_pickle)
+    skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
+    return reproduce(
+        code.read_bytes(),
+        skeleton,
+        load_data(data, trust_pickle=trust_pickle),
+        prior=prior_object,
+        certificate=claimed,
+        delta=delta,
+        quiet=quiet,
+    )
+
+
+def _reproduce_lm(
+    code, data, claimed, model, arch, prior, loader, eod, offsets, token_dtype, trust_pickle, quiet
+):
+    """`reproduce_lm` for the CLI: an opaque word is decoded by --loader or the built-in
+    loaders (its file's bytes written to a temporary file for them to read), any other word
+    into the model of --model / --arch."""
+    import tempfile
+
+    from bounds.lm_pipeline import reproduce_lm
+
+    from .specs import describe_loader, load_corpus, load_model, load_prior
+
+    corpus = load_corpus(data, eod=eod, offsets=offsets, dtype=token_dtype)
+    section = claimed.get("code") if isinstance(claimed, dict) else None
+    config = section.get("config") if isinstance(section, dict) else None
+    opaque = isinstance(config, dict) and config.get("kind") == "opaque file"
+    if not opaque:
+        if loader is not None:
+            raise ValueError("--loader decodes an opaque code word; this certificate's is not")
+        skeleton, architecture = _skeleton(model, arch, trust_pickle)
+        skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
+        return reproduce_lm(
+            code.read_bytes(),
+            skeleton,
+            corpus,
+            certificate=claimed,
+            prior=prior_object,
+            quiet=quiet,
+        )
+    if prior is not None:
+        raise ValueError("an opaque code word has no --prior; its decoder is the --loader")
+
+    def load_opaque(contents: bytes):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "decoded"
+            path.write_bytes(contents)
+            return load_model(str(path), arch, trust_pickle=trust_pickle, loader=loader).model
+
+    return reproduce_lm(
+        code.read_bytes(),
+        None,
+        corpus,
+        certificate=claimed,
+        prior=describe_loader(loader, arch),
+        load_opaque=load_opaque,
+        quiet=quiet,
+    )

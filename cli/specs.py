@@ -316,6 +316,12 @@ def load_corpus(
     if name == "stdlib":
         from bounds.text_corpus import stdlib_corpus
 
+        stream_options = {"--eod": eod, "--offsets": offsets, "--token-dtype": dtype}
+        given = [option for option, value in stream_options.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} describe a token file; the stdlib corpus has its own documents"
+            )
         options = _parse_options(option_text, "stdlib")
         split = options.pop("split", default_split)
         unknown = set(options) - {"seed", "held_out", "max_file_bytes"}

@@ -6,7 +6,8 @@ Started by tests/test_distributed.py (this file is not a test module):
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py MODEL OUT_DIR
 
 Writes OUT_DIR/certificate.json (the certificate, the float model's evaluation, and what
-`reproduce` found) and, when distributed, OUT_DIR/checks.json (each rank's results of the
+`reproduce` found; then the same for a tiny language model under `certify_lm`, with its decoded
+model's per-document sums) and, when distributed, OUT_DIR/checks.json (each rank's results of the
 collective helpers). Only rank 0 writes, and it creates each file exclusively, so a second
 writer would fail the run.
 """
@@ -31,6 +32,14 @@ GRID = [
 QAT_EPOCHS = 1
 #: Example whose label the failure check puts out of range: in batch 1, so on rank 1 of 2.
 BAD_EXAMPLE = 250
+LM_VOCAB = 12
+LM_CONTEXT, LM_STRIDE = 16, 8
+LM_BATCH_SIZE = 4  # windows per batch: 23 batches, the last one partial
+LM_TOP_K = (1, 3)
+LM_GRID = [
+    {"levels": 4, "scheme": "kmeans", "groups": "global", "precision": precision}
+    for precision in ("float16", "float32")
+]
 
 
 def disjoint_int_values(size: int = 12) -> np.ndarray:
@@ -100,6 +109,64 @@ def mnist1d_model(path: str | None) -> torch.nn.Module:
     return model
 
 
+def lm_corpus(seed: int, documents: int):
+    """Documents of 3 to 59 random ids below LM_VOCAB."""
+    from bounds.tokens import TokenCorpus
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 60, size=documents)
+    ends = np.cumsum(lengths)
+    stream = rng.integers(0, LM_VOCAB, size=int(ends[-1])).astype(np.uint16)
+    return TokenCorpus(stream, ends - lengths, ends, LM_VOCAB, f"random:{seed}")
+
+
+def language_model() -> torch.nn.Module:
+    from bounds.architectures import byte_transformer
+
+    return byte_transformer(LM_VOCAB, context=LM_CONTEXT, width=16, depth=1, heads=2, seed=0)
+
+
+def certify_language_model() -> dict:
+    """certify_lm (with a held-out corpus) and reproduce_lm of a tiny transformer, and the
+    decoded model's per-document sums (float64 as hex) from the same sharded evaluation."""
+    from bounds.lm_pipeline import Settings, certify_lm, reproduce_lm
+    from quantize import Code, NoPrior
+
+    train, test = lm_corpus(0, 30), lm_corpus(1, 8)
+    model = language_model()
+    certificate = certify_lm(
+        model,
+        train,
+        context=LM_CONTEXT,
+        stride=LM_STRIDE,
+        test_corpus=test,
+        top_k=LM_TOP_K,
+        grid=LM_GRID,
+        batch_size=LM_BATCH_SIZE,
+    )
+    claim = json.loads(certificate.to_json())
+    word = certificate.code.to_bytes()
+    decoded = language_model()
+    decoded.load_state_dict(Code.from_bytes(word, NoPrior()).decode(NoPrior()))
+    settings = Settings(
+        LM_CONTEXT, LM_STRIDE, certificate.alphas, LM_TOP_K, LM_BATCH_SIZE, "cpu", True
+    )
+    per_document = settings.evaluate(decoded, train, "decoded model").per_document()
+    sums = {
+        name: [value.hex() for value in np.asarray(array, dtype=np.float64).ravel()]
+        for name, array in per_document.arrays().items()
+    }
+    reproduction = reproduce_lm(word, language_model(), train, certificate=claim)
+    return {
+        "certificate": claim,
+        "per_document": sums,
+        "reproduction": {
+            "code_sha256": reproduction.code_sha256,
+            "mismatches": reproduction.mismatches,
+        },
+    }
+
+
 def write_once(path: Path, payload: dict) -> None:
     """Create `path` (failing if it exists, so two writers cannot both succeed)."""
     with path.open("x") as handle:
@@ -142,6 +209,7 @@ def main(model_path: str, out_dir: str) -> None:
         certificate=claim,
         batch_size=BATCH_SIZE,
     )
+    language = certify_language_model()
     everyone = [checks]
     if launched:
         everyone = [None] * distributed.world_size()
@@ -164,6 +232,7 @@ def main(model_path: str, out_dir: str) -> None:
                     "code_sha256": reproduction.code_sha256,
                     "mismatches": reproduction.mismatches,
                 },
+                "language_model": language,
             },
         )
         if launched:

@@ -85,6 +85,30 @@ def test_two_ranks_certify_exactly_like_one_process(runs):
 
 
 @pytest.mark.slow
+def test_two_ranks_certify_a_language_model_exactly_like_one_process(runs):
+    single, launched = (read(folder, "certificate.json")["language_model"] for folder in runs)
+    one, two = single["certificate"], launched["certificate"]
+    assert two["code"] == one["code"]  # bits, breakdown, configuration, sha256
+    assert two["candidates"] == one["candidates"]
+    assert [c["evaluated"] for c in one["candidates"]] == [True, True]
+    assert two["train"] == one["train"] and two["test"] == one["test"]
+    assert two["corpus"] == one["corpus"]
+    assert one["corpus"]["scored_tokens"] == int(
+        sum(float.fromhex(v) for v in single["per_document"]["tokens"])
+    )
+    for loss, by_method in one["bounds"].items():
+        for method, bound in by_method.items():
+            assert two["bounds"][loss][method] == bound, (loss, method)
+    # Every per-document float64 sum of the decoded model, bit for bit.
+    assert launched["per_document"] == single["per_document"]
+    assert len(single["per_document"]["tokens"]) == 30
+    assert launched["reproduction"] == {
+        "code_sha256": one["code"]["sha256"],
+        "mismatches": [],
+    }
+
+
+@pytest.mark.slow
 def test_only_rank_zero_writes(runs):
     _, launched = runs
     assert sorted(path.name for path in launched.iterdir()) == ["certificate.json", "checks.json"]

@@ -125,7 +125,7 @@ class BitWriter(BitCounter):
         tail = b""
         if self._nacc:
             tail = bytes([(self._acc << (8 - self._nacc)) & 0xFF])
-        return b"".join(self._chunks) + tail
+        return b"".join([*self._chunks, tail])  # one copy of the bits, not two
 
 
 class BitReader:

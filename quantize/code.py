@@ -64,10 +64,11 @@ class Code:
         if max_elements is None:
             max_elements = max(_MIN_ELEMENT_LIMIT, _ELEMENTS_PER_BIT_LIMIT * 8 * len(data))
         contents, bits, breakdown = parse_word(data, prior, max_elements)
-        word = bytearray(data[: (bits + 7) // 8])
-        if bits % 8:
-            word[-1] &= (0xFF << (8 - bits % 8)) & 0xFF
-        return cls(contents, bytes(word), bits, breakdown, prior)
+        word = data[: (bits + 7) // 8]  # no copy when nothing follows the word
+        padding = 0xFF >> (bits % 8) if bits % 8 else 0
+        if word[-1] & padding:  # clear the padding bits after the word's last bit
+            word = word[:-1] + bytes([word[-1] & ~padding & 0xFF])
+        return cls(contents, word, bits, breakdown, prior)
 
     @classmethod
     def load(cls, path: str | Path, prior: Any = None, **kwargs: Any) -> Code:

@@ -270,14 +270,36 @@ def _encode_group(
             start += chunk.shape[0]
         symbols.append(out)
     counts = sum(np.bincount(s, minlength=len(codebook)) for s in symbols)
+    return code_group(members, numel, codebook, counts, symbols, config)
+
+
+def code_group(
+    members: tuple[int, ...],
+    numel: int,
+    codebook: np.ndarray,
+    counts: np.ndarray,
+    symbols: list[np.ndarray],
+    config: QuantConfig,
+) -> GroupCode:
+    """A group's code from its stored codebook, symbol counts and symbols (one array per member):
+    levels no value chose are dropped (renumbering the symbols), then the shortest allowed
+    coding of the symbols is chosen."""
     used = counts > 0
-    if not used.all():  # drop levels no value chose, renumbering the symbols
+    if not used.all():
         renumber = (np.cumsum(used) - 1).astype(symbol_dtype(int(used.sum())))
-        symbols = [renumber[s] for s in symbols]
+        symbols = [_renumbered(s, renumber) for s in symbols]
         codebook, counts = codebook[used], counts[used]
     if len(codebook) == 1:
         return GroupCode(members, numel, codebook, "constant")
     return _shortest_coding(members, numel, codebook, counts, symbols, config)
+
+
+def _renumbered(symbols: np.ndarray, renumber: np.ndarray) -> np.ndarray:
+    # chunk by chunk: indexing casts the indices to intp, 8 bytes per symbol at once otherwise
+    out = np.empty(symbols.shape[0], dtype=renumber.dtype)
+    for start in range(0, symbols.shape[0], CHUNK):
+        out[start : start + CHUNK] = renumber[symbols[start : start + CHUNK]]
+    return out
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:

@@ -126,13 +126,20 @@ def write_word(contents: WordContents, fingerprint: str | None) -> bytes:
         raise ValueError("a word that uses the prior needs the prior's fingerprint")
     writer = BitWriter()
     write_sections(writer, contents)
-    crc = _checksum(fingerprint if contents.uses_prior else None, writer.getvalue())
-    writer.write(crc, CHECKSUM_BITS)
-    return writer.getvalue()
+    return finish_word(writer, fingerprint if contents.uses_prior else None)
 
 
 def write_sections(writer: BitCounter, contents: WordContents) -> None:
     """All sections before the checksum (also used with a BitCounter to measure them)."""
+    write_head(writer, contents)
+    for group in contents.groups:
+        write_group(writer, group, contents.precision)
+    write_integer_section(writer, contents)
+
+
+def write_head(writer: BitCounter, contents: WordContents) -> None:
+    """The sections before the groups: header, config choice, layout (``contents.groups`` and
+    ``contents.integers`` are not read, so a streaming writer can pass them empty)."""
     writer.write_gamma(FORMAT_VERSION)
     writer.write_gamma(contents.grid_size)
     writer.write(GROUP_MODES.index(contents.group_mode), 1)
@@ -142,11 +149,20 @@ def write_sections(writer: BitCounter, contents: WordContents) -> None:
     writer.write(int(contents.layout_from_prior), 1)
     if not contents.layout_from_prior:
         write_layout(writer, contents.layout)
-    for group in contents.groups:
-        write_group(writer, group, contents.precision)
+
+
+def write_integer_section(writer: BitCounter, contents: WordContents) -> None:
+    """The lossless codes of the non-empty non-floating tensors, in layout order."""
     for index, spec in enumerate(contents.layout):
         if not spec.is_floating and spec.numel > 0:
             write_integers(writer, contents.integers[index], spec.numel)
+
+
+def finish_word(writer: BitWriter, fingerprint: str | None) -> bytes:
+    """Append the checksum to the sections written so far and return the word (``fingerprint``:
+    the prior's, when the word uses it)."""
+    writer.write(_checksum(fingerprint, writer.getvalue()), CHECKSUM_BITS)
+    return writer.getvalue()
 
 
 def write_group(writer: BitCounter, group: GroupCode, precision: str) -> None:
@@ -175,9 +191,19 @@ def write_group(writer: BitCounter, group: GroupCode, precision: str) -> None:
         writer.write_bits(group.payload, 8 * len(group.payload))
 
 
-def _checksum(fingerprint: str | None, prefix: bytes) -> int:
+def _checksum(fingerprint: str | None, prefix: bytes | memoryview) -> int:
     crc = zlib.crc32(fingerprint.encode("utf-8")) if fingerprint is not None else 0
     return zlib.crc32(prefix, crc)
+
+
+def _prefix_checksum(fingerprint: str | None, data: bytes, nbits: int) -> int:
+    """:func:`_checksum` of the first ``nbits`` bits of ``data``, zero-padded to bytes, without
+    copying them (a word can hold gigabytes of payload)."""
+    whole, rest = divmod(nbits, 8)
+    crc = _checksum(fingerprint, memoryview(data)[:whole])
+    if rest:
+        crc = zlib.crc32(bytes([data[whole] & (0xFF << (8 - rest)) & 0xFF]), crc)
+    return crc
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -187,6 +213,7 @@ class _Parser:
     """Reads a word section by section, charging every bit read to a part of the breakdown."""
 
     def __init__(self, data: bytes, prior: Any, max_elements: int) -> None:
+        self.data = data
         self.reader = BitReader(data)
         self.prior = prior
         self.max_elements = max_elements
@@ -246,7 +273,7 @@ class _Parser:
             integers,
         )
         fingerprint = prior_fingerprint(self.prior) if contents.uses_prior else None
-        expected = _checksum(fingerprint, r.prefix(r.pos))
+        expected = _prefix_checksum(fingerprint, self.data, r.pos)
         r.context = "the checksum"
         if r.read(CHECKSUM_BITS) != expected:
             raise CodeError(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -44,3 +46,18 @@ def test_width_sweep_through_the_library(tmp_path):
     assert "hold simultaneously" in printed
     assert (tmp_path / "bounds.png").stat().st_size > 0
     assert len(json.loads((tmp_path / "sweep.json").read_text())["rows"]) == 2
+
+
+@pytest.mark.slow
+def test_byte_transformer_on_the_standard_library(tmp_path):
+    printed = run(EXAMPLES / "byte_transformer.py", "--out", tmp_path, "--widths", "16",
+                  "--depth", "1", "--context", "32", "--steps", "30", "--max-file-bytes", "512",
+                  "--levels", "8", "--quiet")  # fmt: skip
+    assert "token Bernstein" in printed
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["width"] == 16 and row["code_bits"] > 0
+    assert row["bits_bound"]["token_bernstein"] > row["train_bits"] > 0
+    assert row["top1_bound"]["token_azuma"] > row["train_top1"]
+    certificate = json.loads((tmp_path / "width-16.json").read_text())
+    assert certificate["code"]["bits"] == row["code_bits"]
+    assert (tmp_path / "width-16.code").stat().st_size * 8 >= row["code_bits"]

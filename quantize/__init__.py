@@ -12,6 +12,7 @@ from .errors import CodeError
 from .finetune import finetune
 from .priors import InitPrior, NoPrior, ReferencePrior
 from .search import Candidate, SearchResult, default_grid, grid_fingerprint, product_grid, search
+from .stream import compress_safetensors
 from .subspace import Subspace
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SearchResult",
     "Subspace",
     "compress",
+    "compress_safetensors",
     "default_grid",
     "finetune",
     "grid_fingerprint",

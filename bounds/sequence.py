@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -199,35 +200,19 @@ def azuma_bound(
     choices : number of equally weighted alternatives the report was selected from.
     """
     m = _validate.count(m, "m", positive=True)
-    code_bits = _validate.nonnegative(code_bits, "code_bits")
-    delta = _validate.delta(delta)
-    choices = _validate.count(choices, "choices", positive=True)
-    mean_loss, low, high = _mean_in_range(mean_loss, loss_range)
-    width = high - low
     grid = AZUMA_LAMBDA_GRID
-
-    complexity_nats = code_bits * _LN2
-    terms = _union_terms(code_bits, delta, choices)
-    terms["lambda_grid_size"] = float(grid.size)
-    terms["grid_nats"] = math.log(grid.size)
-    total_nats = (
-        complexity_nats + terms["grid_nats"] + terms["choice_nats"] + terms["log_inv_delta"]
-    )
-    unit_excess = grid / 8.0 + total_nats / (grid * m)
-    best = int(np.argmin(unit_excess))
-    terms["lambda"] = float(grid[best])
-    terms["range_width"] = width
-    terms["deviation"] = width * float(unit_excess[best])
-    return Bound(
-        value=mean_loss + terms["deviation"],
-        method="azuma",
-        empirical_risk=mean_loss,
-        n=m,
-        delta=delta,
-        complexity_nats=complexity_nats,
-        terms=terms,
-        delta_shares={"martingale": delta},
-        loss_range=(low, high),
+    # λ²/8 per token (Hoeffding's lemma) in place of Bernstein's ψ(λ)(X_t − c_t)².
+    return _martingale_bound(
+        "azuma",
+        mean_loss,
+        m,
+        code_bits,
+        delta,
+        loss_range,
+        choices,
+        grid,
+        grid**2 * m / 8.0,
+        lambda best: {},
     )
 
 
@@ -331,8 +316,39 @@ def bernstein_bound(
             f"square_sum is a sum of m squares in [0, 1], so at most m = {m}; got {square_sum!r}"
         )
     grid, psi = _grid_with_psi(lambda_grid)
-    width = high - low
+    return _martingale_bound(
+        "bernstein",
+        mean_loss,
+        m,
+        code_bits,
+        delta,
+        loss_range,
+        choices,
+        grid,
+        psi * square_sum,
+        lambda best: {"square_sum": square_sum, "psi": float(psi[best])},
+    )
 
+
+def _martingale_bound(
+    method: str,
+    mean_loss: float,
+    m: int,
+    code_bits: float,
+    delta: float,
+    loss_range: tuple[float, float],
+    choices: int,
+    grid: np.ndarray,
+    variance_nats: np.ndarray,
+    extra_terms: Callable[[int], dict[str, float]],
+) -> Bound:
+    """X̄ + (variance_nats(λ) + K ln 2 + ln |Λ| + ln(choices/δ)) / (λ m) at the best λ of the
+    grid, on the [0, 1] scale and mapped back to [a, b]: the form both token bounds share."""
+    code_bits = _validate.nonnegative(code_bits, "code_bits")
+    delta = _validate.delta(delta)
+    choices = _validate.count(choices, "choices", positive=True)
+    mean_loss, low, high = _mean_in_range(mean_loss, loss_range)
+    width = high - low
     complexity_nats = code_bits * _LN2
     terms = _union_terms(code_bits, delta, choices)
     terms["lambda_grid_size"] = float(grid.size)
@@ -340,16 +356,15 @@ def bernstein_bound(
     total_nats = (
         complexity_nats + terms["grid_nats"] + terms["choice_nats"] + terms["log_inv_delta"]
     )
-    unit_excess = (psi * square_sum + total_nats) / (grid * m)
+    unit_excess = (variance_nats + total_nats) / (grid * m)
     best = int(np.argmin(unit_excess))
-    terms["square_sum"] = square_sum
+    terms |= extra_terms(best)
     terms["lambda"] = float(grid[best])
-    terms["psi"] = float(psi[best])
     terms["range_width"] = width
     terms["deviation"] = width * float(unit_excess[best])
     return Bound(
         value=mean_loss + terms["deviation"],
-        method="bernstein",
+        method=method,
         empirical_risk=mean_loss,
         n=m,
         delta=delta,

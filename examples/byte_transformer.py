@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max-file-bytes", type=int, default=16384)
     parser.add_argument("--levels", default="8,16")
+    parser.add_argument("--groups", default="global", help="codebooks: global or tensor")
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -50,7 +51,11 @@ def main() -> None:
     train = stdlib_corpus("train", max_file_bytes=args.max_file_bytes)
     held_out = stdlib_corpus("test", max_file_bytes=args.max_file_bytes)
     print(f"training corpus: {train.source}: {train.scored_tokens:,} scored bytes")
-    grid = [{"levels": int(levels)} for levels in args.levels.split(",")]
+    grid = [
+        {"levels": int(levels), "groups": groups}
+        for levels in args.levels.split(",")
+        for groups in args.groups.split(",")
+    ]
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
         options = {"context": args.context, "width": width, "depth": args.depth, "heads": 4}

@@ -129,7 +129,7 @@ class LMCertificate:
                 "size": len(self.grid),
                 "fingerprint": self.grid_fingerprint,
                 "configs": self.grid,
-            },  # fmt: skip
+            },
             "candidates": self.candidates,
             "risks": RISKS,
             "bounds": {

@@ -7,14 +7,14 @@ fixed number of steps on CPU, saves its state dict, and certifies it with `bound
 bits per byte (α-smoothed, best α of the grid) and top-1 error, each bounded at the token level
 (Azuma, empirical Bernstein) and the document level, plus held-out values.
 
-    python examples/byte_transformer.py --out byte-lm            # two widths, ~15 min on 2 cores
+    python examples/byte_transformer.py --out byte-lm            # two widths, ~16 min on 2 cores
     python examples/byte_transformer.py --out byte-lm --widths 32 --steps 200 --max-file-bytes 2048
 
 The same certificate from the command line:
 
     bounds compute byte-lm/width-32.pt --task lm --arch \\
         bounds.architectures:byte_transformer:context=128,width=32,depth=2,heads=4 \\
-        --data stdlib --test-data stdlib:split=test --context 128 --levels 8,16
+        --data stdlib --test-data stdlib:split=test --context 128 --levels 16,32
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max-file-bytes", type=int, default=16384)
-    parser.add_argument("--levels", default="8,16")
-    parser.add_argument("--groups", default="global", help="codebooks: global or tensor")
+    parser.add_argument("--levels", default="16,32")
+    parser.add_argument("--groups", default="tensor", help="codebooks: tensor, global or both")
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()

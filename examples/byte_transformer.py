@@ -10,7 +10,7 @@ bits per byte (α-smoothed, best α of the grid) and top-1 error, each bounded a
     python examples/byte_transformer.py --out byte-lm            # two widths, ~16 min on 2 cores
     python examples/byte_transformer.py --out byte-lm --widths 32 --steps 200 --max-file-bytes 2048
 
-The same certificate from the command line:
+A certificate of the same model from the command line (its grid also tries global codebooks):
 
     bounds compute byte-lm/width-32.pt --task lm --arch \\
         bounds.architectures:byte_transformer:context=128,width=32,depth=2,heads=4 \\

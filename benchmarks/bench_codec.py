@@ -24,25 +24,13 @@ import time
 
 import numpy as np
 import torch
+from memory import reset_peak, status_kib  # benchmarks/memory.py, next to this script
 
 from quantize import Code, compress
 
 NUM_TENSORS = 4
 SIDE = 5000
 LEVELS = 16
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
 
 
 def make_model(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -75,8 +63,8 @@ def symbol_counts(group, code: Code, decoded: dict[str, torch.Tensor]) -> np.nda
 
 def run(model: dict[str, torch.Tensor], groups: str) -> None:
     model_bytes = sum(t.numel() * t.element_size() for t in model.values())
-    _reset_peak()
-    baseline_kib = _status_kib("VmRSS")
+    reset_peak()
+    baseline_kib = status_kib("VmRSS")
 
     start = time.perf_counter()
     code = compress(model, levels=LEVELS, scheme="kmeans", coder="auto", groups=groups)
@@ -84,7 +72,7 @@ def run(model: dict[str, torch.Tensor], groups: str) -> None:
     start = time.perf_counter()
     decoded = code.decode()
     decode_seconds = time.perf_counter() - start
-    peak_extra = (_status_kib("VmHWM") - baseline_kib) * 1024
+    peak_extra = (status_kib("VmHWM") - baseline_kib) * 1024
 
     n_h = sum(entropy_bits(symbol_counts(group, code, decoded)) for group in code.groups)
     squared_error = sum(float(((decoded[k] - v).double() ** 2).sum()) for k, v in model.items())

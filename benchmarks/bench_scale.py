@@ -44,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from memory import reset_peak, status_kib  # benchmarks/memory.py, next to this script
 
 from quantize.stream import DEFAULT_SAMPLE_SIZE, TensorStats, compress_safetensors
 
@@ -53,19 +54,6 @@ FREE_SPACE_MARGIN = 1 << 30
 
 
 # --- measurement ---------------------------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
 
 
 def _load() -> str:
@@ -148,15 +136,15 @@ def run_compress(args: argparse.Namespace) -> None:
             if args.verbose:
                 print(f"  [{done}/{total}] {stats.name} {stats.coder} {stats.seconds:.1f} s")
 
-        _reset_peak()
-        baseline = _status_kib("VmRSS") * 1024
+        reset_peak()
+        baseline = status_kib("VmRSS") * 1024
         start, cpu_start = time.perf_counter(), time.process_time()
         result = compress_safetensors(
             path, levels=args.levels, sample_size=args.sample_size, seed=args.seed, progress=report
         )
         compress_seconds = time.perf_counter() - start
         compress_cpu_seconds = time.process_time() - cpu_start
-        peak = _status_kib("VmHWM") * 1024
+        peak = status_kib("VmHWM") * 1024
     code, tensors = result.code, result.tensors
     largest = 4 * max(stats.numel for stats in tensors)
     word_bytes = len(code.to_bytes())

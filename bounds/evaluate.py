@@ -122,7 +122,8 @@ def evaluate(
     """
     shard = distributed.shard() if shard is None else shard
     quiet = quiet or not distributed.is_main()
-    if not distributed.active():
+
+    def run() -> BatchEvaluation:
         return evaluate_batches(
             model,
             data,
@@ -131,19 +132,14 @@ def evaluate(
             quiet=quiet,
             description=description,
             shard=shard,
-        ).total()
+        )
+
+    if not distributed.active():
+        return run().total()
     # A rank that fails alone must not leave the others waiting in a collective.
     batches, failure = None, None
     try:
-        batches = evaluate_batches(
-            model,
-            data,
-            device=device,
-            batch_size=batch_size,
-            quiet=quiet,
-            description=description,
-            shard=shard,
-        )
+        batches = run()
     except Exception as error:  # re-raised on every rank just below
         failure = error
     distributed.raise_if_any(failure)

@@ -306,10 +306,6 @@ def bernstein_bound(
     choices : number of equally weighted alternatives the report was selected from.
     """
     m = _validate.count(m, "m", positive=True)
-    code_bits = _validate.nonnegative(code_bits, "code_bits")
-    delta = _validate.delta(delta)
-    choices = _validate.count(choices, "choices", positive=True)
-    mean_loss, low, high = _mean_in_range(mean_loss, loss_range)
     square_sum = _validate.nonnegative(square_sum, "square_sum")
     if square_sum > m:
         raise InvalidInput(

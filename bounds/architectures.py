@@ -2,7 +2,9 @@
 causal transformer for token sequences.
 
 Each factory is deterministic given torch's RNG, so `InitPrior(factory, seed)` can
-regenerate its initialization; `width` is the size knob for sweeps.
+regenerate its initialization; `width` is the size knob for sweeps. Each network it builds
+names the spec that rebuilds it (`declare`), so the decoder can build the evaluated model
+without being told the architecture.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def declare(network: nn.Module, factory: str, **options: object) -> nn.Module:
+    """Record on `network` the spec ``bounds.architectures:factory:options`` that rebuilds it."""
+    from .architecture import SPEC_ATTRIBUTE
+
+    text = ",".join(f"{key}={value!r}" for key, value in options.items())
+    setattr(network, SPEC_ATTRIBUTE, f"{__name__}:{factory}" + (f":{text}" if text else ""))
+    return network
+
+
 def mnist1d_cnn(width: int = 32, classes: int = 10) -> nn.Sequential:
     """Three 1-D convolutions (kernel 5, then two stride-2 kernels 3) and a linear head.
 
@@ -19,7 +30,7 @@ def mnist1d_cnn(width: int = 32, classes: int = 10) -> nn.Sequential:
     """
     if width < 1:
         raise ValueError(f"width must be positive, got {width}")
-    return nn.Sequential(
+    network = nn.Sequential(
         nn.Conv1d(1, width, kernel_size=5, padding=2),
         nn.ReLU(),
         nn.Conv1d(width, width, kernel_size=3, stride=2, padding=1),
@@ -29,13 +40,14 @@ def mnist1d_cnn(width: int = 32, classes: int = 10) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(width * 10, classes),
     )
+    return declare(network, "mnist1d_cnn", width=width, classes=classes)
 
 
 def mnist1d_mlp(width: int = 100, classes: int = 10) -> nn.Sequential:
     """A two-hidden-layer perceptron on the flattened 40-sample signal."""
     if width < 1:
         raise ValueError(f"width must be positive, got {width}")
-    return nn.Sequential(
+    network = nn.Sequential(
         nn.Flatten(),
         nn.Linear(40, width),
         nn.ReLU(),
@@ -43,6 +55,7 @@ def mnist1d_mlp(width: int = 100, classes: int = 10) -> nn.Sequential:
         nn.ReLU(),
         nn.Linear(width, classes),
     )
+    return declare(network, "mnist1d_mlp", width=width, classes=classes)
 
 
 def byte_transformer(
@@ -67,11 +80,14 @@ def byte_transformer(
         raise ValueError(f"depth must be non-negative, got {depth}")
     if heads < 1 or width % heads:
         raise ValueError(f"heads must be a positive divisor of width {width}, got {heads}")
+    options = dict(vocab_size=vocab_size, context=context, width=width, depth=depth, heads=heads)
     if seed is None:
-        return _CausalTransformer(vocab_size, context, width, depth, heads)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _CausalTransformer(vocab_size, context, width, depth, heads)
+        network = _CausalTransformer(**options)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = _CausalTransformer(**options)
+    return declare(network, "byte_transformer", **options)
 
 
 class _CausalBlock(nn.Module):

@@ -19,6 +19,7 @@ JSON schema (``schema_version`` 1), all numbers plain JSON numbers:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,17 @@ from .latex import latex_escape
 from .result import Bound
 
 SCHEMA_VERSION = 1
+
+
+def prior_caveat(prior: Mapping[str, Any]) -> str:
+    """What the claim rests on beyond the draw of the data, for a prior the user supplied."""
+    what = {"reference": "reference θ0", "base": "base checkpoint"}.get(prior.get("kind"))
+    if what is None:
+        return ""
+    return (
+        f" It holds only if the {what} (sha256 fingerprint {prior.get('fingerprint')}) was "
+        "fixed before the training data was seen."
+    )
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,7 @@ class Certificate:
             f"With probability at least {1 - self.delta:g} over the draw of the "
             f"{self.train.n} training examples, the decoded model's true error is at most "
             f"{best.value:.4f} ({best.method} Occam bound, K = {self.code_bits} bits)."
+            + prior_caveat(self.prior)
         )
 
     def to_dict(self) -> dict[str, Any]:

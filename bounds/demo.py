@@ -80,7 +80,9 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, quiet: bool 
         metadata = {"arch": ARCHITECTURE, "arch_kwargs": {"width": width}}
         network = mnist1d_cnn(width)
         size = sum(parameter.numel() for parameter in network.parameters())
-        model = Subspace(network, settings.dim, settings.seed, metadata=metadata)
+        model = Subspace(
+            network, settings.dim, settings.seed, init_seed=settings.seed, metadata=metadata
+        )
         train_classifier(
             model,
             train,

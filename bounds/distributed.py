@@ -9,12 +9,18 @@ backend adds the ranks' contributions in, each entry comes out as the one nonzer
 in int64 are exact anyway). Totals over entries are then taken by the caller in a fixed order
 (math.fsum), so a distributed run reproduces a single process bit for bit.
 
+Before results are combined, `run_checked` makes every rank stop with one message if any rank
+failed (a collective after a failure would otherwise hang the others) and checks that all ranks
+agree on what they evaluated (model weights, data, settings): sums over ranks holding different
+models or data would be a number about no model.
+
 Without a process group every helper acts as for a single process (rank 0 of 1).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -159,10 +165,53 @@ def check_identical(value: Any, what: str) -> None:
 
     `what` names the value (in the plural) in the message.
     """
-    values = _gather(value)
-    differing = [r for r, other in enumerate(values) if other != values[0]]
+    check_agreement({what: value})
+
+
+#: A value no rank can send: stands for a key that one rank's values lack.
+_MISSING = object()
+
+
+def check_agreement(values: Mapping[str, Any]) -> None:
+    """Raise ValueError on every rank unless all ranks pass equal `values`.
+
+    Keys name the values in the plural ("the model weights"); the message names those that
+    differ, and the ranks whose values differ from rank 0's.
+    """
+    everyone = _gather(dict(values))
+    first = everyone[0]
+    differing = [r for r, other in enumerate(everyone) if other != first]
     if differing:
-        raise ValueError(f"{what} differ between rank 0 and rank(s) {differing}")
+        names = [
+            name
+            for name in dict.fromkeys(key for other in everyone for key in other)
+            if any(other.get(name, _MISSING) != first.get(name, _MISSING) for other in everyone)
+        ]
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        raise ValueError(f"{listed} differ between rank 0 and rank(s) {differing}")
+
+
+def run_checked(work: Callable[[], T], agreed: Callable[[T], Mapping[str, Any]] | None = None) -> T:
+    """`work()` on this rank, made safe to combine with the other ranks' results.
+
+    In a process group, a failure of any rank (in `work` or in `agreed`) is raised on every
+    rank (`raise_if_any`); then, with `agreed`, every rank must get equal `agreed(result)`
+    (`check_agreement`), e.g. digests of the model and data. Every rank must call this at the
+    same point. Without a process group, just `work()` (and `agreed` is not computed).
+    """
+    if not active():
+        return work()
+    result, values, failure = None, {}, None
+    try:
+        result = work()
+        if agreed is not None:
+            values = agreed(result)
+    except Exception as error:  # re-raised on every rank just below
+        failure = error
+    raise_if_any(failure)
+    if agreed is not None:
+        check_agreement(values)
+    return result
 
 
 def raise_if_any(error: BaseException | None) -> None:

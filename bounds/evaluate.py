@@ -1,6 +1,10 @@
 """Counting a classifier's errors on a dataset, exactly and reproducibly, in one or more processes.
 
-The data is cut into global batches in loader order, batch b being examples [b·B, (b+1)·B).
+The bound counts each of the n examples of a dataset once, so evaluation reads them in a fixed
+order, 0…n−1, whatever the data came as (`as_loader`): a DataLoader's sampler, batch sampler and
+drop_last are replaced, and a dataset that gives different values when the same examples are
+loaded twice (a random augmentation) is refused. The examples are cut into global batches,
+batch b being examples [b·B, (b+1)·B) for the evaluation batch size B.
 Each batch gives an int64 error count and a float64 cross-entropy sum. Split across ranks
 (`shard=(rank, world)`), a rank evaluates the batches b ≡ rank (mod world) only and leaves
 the other entries zero; `bounds.distributed.sum_disjoint` then combines the ranks' arrays
@@ -13,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from . import distributed
 from .progress import progress_bar
@@ -79,15 +83,56 @@ class BatchEvaluation:
         )
 
 
+#: Examples loaded twice to check that a dataset is deterministic, besides its first and last.
+_PROBES = 6
+
+
 def as_loader(data, batch_size: int = 1024) -> DataLoader:
-    """A non-shuffling DataLoader over a Dataset, a DataLoader, or a pair of tensors (x, y)."""
+    """A DataLoader of the examples 0…n−1 of `data`, in that order, `batch_size` at a time.
+
+    `data` is a map-style Dataset, a pair of tensors (x, y), or a DataLoader. Of a DataLoader
+    only the dataset, collate_fn and worker settings are kept: its sampler or batch sampler
+    (shuffled, a subset, drawn with replacement), batch size and drop_last are replaced, since
+    the bound counts every example of the dataset exactly once. An IterableDataset, or a
+    DataLoader without automatic batching (batch_size=None), is refused: its order cannot be
+    fixed.
+    """
     if isinstance(data, DataLoader):
-        return data
+        return _in_order(data, batch_size)
     if isinstance(data, tuple) and len(data) == 2:
         data = TensorDataset(torch.as_tensor(data[0]), torch.as_tensor(data[1]))
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be a Dataset, a DataLoader or a pair (x, y), got {type(data)}")
+    _check_map_style(data)
     return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def _in_order(loader: DataLoader, batch_size: int) -> DataLoader:
+    """`loader`'s dataset in order, collated and loaded as `loader` does."""
+    _check_map_style(loader.dataset)
+    if loader.batch_sampler is None:  # batch_size=None: the sampler's items go to the dataset
+        raise ValueError(
+            "a DataLoader without automatic batching (batch_size=None) cannot be evaluated "
+            "example by example in a fixed order; pass a Dataset whose items are single examples"
+        )
+    return DataLoader(
+        loader.dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+    )
+
+
+def _check_map_style(dataset) -> None:
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "an IterableDataset yields its examples in its own order, which cannot be checked to "
+            "give each example exactly once; pass a map-style Dataset (__len__ and __getitem__)"
+        )
 
 
 def dataset_size(data) -> int:
@@ -134,20 +179,17 @@ def evaluate(
             shard=shard,
         )
 
-    if not distributed.active():
-        return run().total()
-    # A rank that fails alone must not leave the others waiting in a collective.
-    batches, failure = None, None
-    try:
-        batches = run()
-    except Exception as error:  # re-raised on every rank just below
-        failure = error
-    distributed.raise_if_any(failure)
-    distributed.check_identical(
-        (batches.n, batches.examples.size, weights_digest(model)),
-        "the dataset size, the number of batches or the model weights",
+    # A rank that fails alone must not leave the others waiting in a collective, and ranks
+    # holding other models or data must not add up their counts.
+    batches = distributed.run_checked(
+        run,
+        lambda result: {
+            "the dataset sizes": result.n,
+            "the numbers of batches": result.examples.size,
+            "the model weights": weights_digest(model),
+        },
     )
-    return batches.reduced().total()
+    return (batches.reduced() if distributed.active() else batches).total()
 
 
 @torch.no_grad()
@@ -163,35 +205,26 @@ def evaluate_batches(
 ) -> BatchEvaluation:
     """Per-batch errors and cross-entropy sums of the batches b ≡ rank (mod world) of `shard`.
 
-    Without `shard`, every batch. Only the shard's batches are loaded. Splitting needs the
-    examples in a fixed order: data that is not a DataLoader, or a DataLoader with the default
-    sequential sampler. Any other DataLoader is evaluated whole, in its own order.
+    Without `shard`, every batch. The batches are `batch_size` examples of the dataset in
+    order (see `as_loader`; a DataLoader's own batch size is not used). Only the shard's
+    examples are loaded: a few of them twice first, to refuse a dataset with random transforms.
     """
     loader = as_loader(data, batch_size)
     n = dataset_size(loader)
     rank, world = _check_shard(shard)
+    size = loader.batch_size
+    count = -(-n // size)
+    indices = range(rank, count, world)
+    mine = sum(min(size, n - b * size) for b in indices)
+    _check_deterministic(loader, _probe_examples(size, indices, mine))
     if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
         model = model.to(device)
     model.eval()
-    size = _sequential_batch_size(loader, n)
-    if size is None:
-        if world > 1:
-            raise ValueError(
-                "a DataLoader with a custom or shuffling sampler cannot be split across "
-                "processes; pass the Dataset instead"
-            )
-        count, batches, mine = None, _in_loader_order(loader), n
-    else:
-        count = -(-n // size)
-        indices = range(rank, count, world)
-        batches = _selected_batches(loader, n, size, indices)
-        mine = sum(min(size, n - b * size) for b in indices)
     results: dict[int, tuple[int, int, float]] = {}
     with progress_bar(description, mine, quiet) as steps:
-        for index, offset, batch in batches:
+        for index, offset, batch in _selected_batches(loader, n, size, indices):
             results[index] = _evaluate_batch(model, batch, device, offset)
             steps.advance(results[index][0])
-    count = len(results) if count is None else count
     examples, errors = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
     loss_sums = np.zeros(count, dtype=np.float64)
     for index, (batch_examples, batch_errors, batch_loss) in results.items():
@@ -221,17 +254,69 @@ def _check_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     return rank, world
 
 
-def _sequential_batch_size(loader: DataLoader, n: int) -> int | None:
-    """B if `loader` yields examples 0..n−1 in order in batches of B, else None."""
-    sampler = loader.batch_sampler
-    if type(sampler) is not BatchSampler or type(sampler.sampler) is not SequentialSampler:
-        return None
-    if sampler.drop_last and n % sampler.batch_size:
+def _probe_examples(size: int, indices: range, mine: int) -> list[int]:
+    """The first and last of the `mine` examples in the batches `indices`, and a seeded few."""
+    if mine == 0:
+        return []
+    # A fixed seed: the same examples in every run, so acceptance is deterministic.
+    positions = {0, mine - 1, *np.random.default_rng(0).integers(0, mine, _PROBES).tolist()}
+    return sorted(indices[p // size] * size + p % size for p in positions)
+
+
+def _check_deterministic(loader: DataLoader, probe: list[int]) -> None:
+    """ValueError if the examples `probe`, loaded and collated twice, differ in any bit."""
+    if not probe:
+        return
+    # In this process, through the loader's own fetch path (__getitems__, collate_fn).
+    probe_loader = DataLoader(loader.dataset, batch_sampler=[probe], collate_fn=loader.collate_fn)
+    try:
+        once, twice = (next(iter(probe_loader)) for _ in range(2))
+    except (IndexError, KeyError) as error:
         raise ValueError(
-            f"the DataLoader drops its last {n % sampler.batch_size} examples (drop_last=True); "
-            "every training example must be evaluated"
+            f"the dataset cannot be read as examples 0…{len(loader.dataset) - 1} in order "
+            f"({type(error).__name__}: {error}); pass a Dataset indexed by 0…n−1"
+        ) from None
+    if not _identical(once, twice):
+        raise ValueError(
+            "the data gives different values when the same examples are loaded twice (a random "
+            "transform or augmentation?): the bound is about fixed examples, so remove the random "
+            "augmentation for certification"
         )
-    return sampler.batch_size
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Whether two loaded batches hold the same values, bit for bit (NaN equals NaN)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and _same_tensor(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and (a.dtype, a.shape) == (b.dtype, b.shape)
+            and a.tobytes() == b.tobytes()
+        )
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and list(a) == list(b)
+            and all(_identical(a[key], b[key]) for key in a)
+        )
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_identical, a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an object that cannot be compared is not known equal
+        return False
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape or a.layout != b.layout:
+        return False
+    if a.layout != torch.strided:
+        return torch.equal(a, b)
+    # Bytes, not values: torch.equal calls NaN unequal to itself.
+    raw = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
+    return torch.equal(*raw)
 
 
 def _selected_batches(
@@ -248,16 +333,9 @@ def _selected_batches(
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
     )
     return ((b, b * size, batch) for b, batch in zip(indices, subset, strict=True))
-
-
-def _in_loader_order(loader: DataLoader) -> Iterator[tuple[int, int, Any]]:
-    """(b, first example, batch) for every batch the loader yields, in its order."""
-    offset = 0
-    for index, batch in enumerate(loader):
-        yield index, offset, batch
-        offset += len(batch[1]) if isinstance(batch, list | tuple) and len(batch) == 2 else 0
 
 
 def _evaluate_batch(

@@ -8,7 +8,9 @@ token ids [B, T] to an output whose ``.logits`` are [B, T, V], which `bounds.lm_
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,8 +52,19 @@ def is_model_directory(path: str | os.PathLike[str]) -> bool:
 
 
 def load_directory(path: str | os.PathLike[str]) -> nn.Module:
-    """The causal LM saved in a local directory (never contacting the hub)."""
+    """The causal LM saved in a local directory (never contacting the hub). A config that
+    names modelling code of its own (``auto_map``) is refused: the decoder rebuilds only
+    architectures whose code ships with transformers, never code read from the directory."""
     transformers = _transformers()
+    try:
+        config = json.loads(Path(path, "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the config of {str(path)!r}: {error}") from None
+    if not isinstance(config, dict) or "auto_map" in config:
+        raise ValueError(
+            f"the model directory {str(path)!r} names modelling code of its own (auto_map); "
+            "only architectures built into transformers can be rebuilt by the decoder"
+        )
     try:
         return transformers.AutoModelForCausalLM.from_pretrained(
             str(path), local_files_only=True, use_safetensors=None

@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .certificate import prior_caveat
 from .latex import latex_escape
 from .lm_bounds import LM_METHODS
 from .result import Bound
@@ -99,7 +100,7 @@ class LMCertificate:
             f"With probability at least {1 - self.delta:g}, the decoded model's average "
             f"conditional loss over the {self.corpus['scored_tokens']} training tokens is at "
             f"most {best.value:.4f} bits per token (smoothed with α = {best.terms['alpha']:g}; "
-            f"token-level Bernstein bound, K = {self.code_bits} bits)."
+            f"token-level Bernstein bound, K = {self.code_bits} bits)." + prior_caveat(self.prior)
         )
 
     def to_dict(self) -> dict[str, Any]:

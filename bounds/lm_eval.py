@@ -17,15 +17,20 @@ of the batch; the model must be causal (its logits at a position depend only on 
 and earlier ones), so padding changes no scored logit, and padded positions are left out of
 every sum. Per-window sums are kept, so results can be
 combined across processes exactly (`TokenEvaluation.arrays`).
+
+Causality is checked, not assumed (`check_causal`, run by `evaluate_lm` before it scores
+anything): a model whose logits at a position see a later token would be scored on predictions
+that saw their targets, and certify a loss no causal predictor can reach.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -46,6 +51,16 @@ SUMMED_FIELDS = (
     "topk_errors",
     "topk_square",
 )
+#: The causality check (`check_causal`): windows of the corpus and of random tokens it tests,
+#: and cut points drawn per window besides the first and the last position.
+CAUSAL_CORPUS_WINDOWS = 2
+CAUSAL_RANDOM_WINDOWS = 1
+CAUSAL_RANDOM_CUTS = 3
+# Fixed, so the same windows, cut points and replacement tokens are tested in every run and
+# whether a model is accepted never depends on chance.
+_CAUSAL_SEED = 0x63617573616C
+#: Tokens read at a time by `corpus_digest`, to bound memory on a memory-mapped stream.
+_HASH_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -166,8 +181,8 @@ def evaluate_lm(
 
     `model` maps long ids [B, T] (T ≤ context) to logits [B, T, V], as a tensor or as an
     object with `.logits`. `shard=(rank, world)` evaluates only the batches whose index is
-    rank mod world. `description` labels the progress bar (shown unless `quiet`). Bad input
-    raises ValueError naming it.
+    rank mod world. `description` labels the progress bar (shown unless `quiet`). Bad input,
+    and a model that fails `check_causal`, raise ValueError naming it.
     """
     alphas = _check_alphas(alphas)
     top_k = _check_top_k(top_k)
@@ -187,6 +202,7 @@ def evaluate_lm(
         )
     if top_k and max(top_k) > vocab_size:
         raise ValueError(f"top_k {max(top_k)} exceeds the model's vocabulary of {vocab_size}")
+    check_causal(model, corpus, plan, vocab_size=vocab_size, batch_size=batch_size, device=device)
     count, num_alphas, num_k = len(plan), len(alphas), len(top_k)
     result = {
         "tokens": np.zeros(count, np.int64),
@@ -220,6 +236,132 @@ def evaluate_lm(
         stride=int(stride),
         shard=shard if shard is None else (rank, world),
     )
+
+
+def check_causal(
+    model: Callable[[torch.Tensor], Any],
+    corpus: TokenCorpus,
+    plan: np.ndarray,
+    *,
+    vocab_size: int,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Raise ValueError unless the logits of `model` at a position ignore every later token.
+
+    Tested, all drawn with a fixed seed: `CAUSAL_CORPUS_WINDOWS` windows of `plan` (inputs of
+    at least 2 tokens) and `CAUSAL_RANDOM_WINDOWS` of uniform random ids as long as the plan's
+    longest input. In a window of T tokens the cut points t are 0 and T − 2 (the first and the
+    last position a later token can reach; an off-by-one at either end of a window shows
+    there) and `CAUSAL_RANDOM_CUTS` drawn between them (all positions if there are no more).
+    For each t every token after t is replaced by a different random one, and the logits at
+    positions 0…t must not change at all. A leak into a fraction f of the inner positions
+    escapes all windows with probability about (1 − f)^(3·3). Cost: at most 3 × 6 rows of at
+    most the context (the window and its 5 variants), in calls of max(2, batch_size) rows.
+    """
+    # Replacements stay within the declared vocabulary, when there is one to choose from.
+    declared = corpus.vocab_size
+    limit = declared if declared is not None and declared >= 2 else vocab_size
+    rng = np.random.default_rng(_CAUSAL_SEED)
+    per_call = max(1, batch_size - 1)  # variants per call, besides the window itself
+    for label, ids in _causal_windows(corpus, plan, vocab_size, limit, rng):
+        cuts = _cut_points(len(ids), rng)
+        variants = [_replace_after(ids, t, limit, rng) for t in cuts]
+        for begin in range(0, len(cuts), per_call):
+            part = slice(begin, begin + per_call)
+            _compare_cuts(model, ids, cuts[part], variants[part], label, vocab_size, device)
+
+
+def _causal_windows(
+    corpus: TokenCorpus, plan: np.ndarray, vocab_size: int, limit: int, rng: np.random.Generator
+) -> list[tuple[str, np.ndarray]]:
+    """(label, input ids) of the windows `check_causal` tests: the corpus's, then random ones."""
+    lengths = plan["end"] - plan["start"] - 1
+    eligible = np.flatnonzero(lengths >= 2)
+    count = min(CAUSAL_CORPUS_WINDOWS, len(eligible))
+    windows = []
+    for index in np.sort(rng.choice(eligible, size=count, replace=False)) if count else []:
+        inputs, _, _ = _batch_arrays(corpus, plan[index : index + 1], vocab_size)
+        windows.append((f"window {index} of the corpus", inputs[0]))
+    longest = int(lengths.max())
+    if longest >= 2:
+        for _ in range(CAUSAL_RANDOM_WINDOWS):
+            windows.append(("random tokens", rng.integers(0, limit, size=longest, dtype=np.int64)))
+    return windows
+
+
+def _cut_points(length: int, rng: np.random.Generator) -> list[int]:
+    """Positions t of a window of `length` ≥ 2 tokens after which the tokens are replaced."""
+    last = length - 2
+    inner = np.arange(1, last)
+    if len(inner) > CAUSAL_RANDOM_CUTS:
+        inner = rng.choice(inner, size=CAUSAL_RANDOM_CUTS, replace=False)
+    return sorted({0, last, *inner.tolist()})
+
+
+def _replace_after(ids: np.ndarray, t: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """`ids` with every token after position t replaced by a different id below `limit`."""
+    changed = ids.copy()
+    # A shift in [1, limit) mod limit never maps an id to itself (an id ≥ limit leaves [0, limit)).
+    shift = rng.integers(1, limit, size=len(ids) - t - 1, dtype=np.int64)
+    changed[t + 1 :] = (ids[t + 1 :] + shift) % limit
+    return changed
+
+
+def _compare_cuts(model, ids, cuts, variants, label: str, vocab_size: int, device) -> None:
+    """One call on the window and its variants; ValueError if a logit at a position ≤ t moved."""
+    batch = torch.from_numpy(np.stack([ids, *variants])).to(device)
+    logits = _forward(model, batch, vocab_size)
+    # Exact comparison, no tolerance: the rows of one call go through the same kernels with the
+    # same shapes, and a causal model computes its logits at positions ≤ t from identical
+    # values (masked attention adds exact zeros), so they agree bit for bit. A tolerance would
+    # let a small enough leak through, and the bound profits from any leak.
+    for row, t in enumerate(cuts, start=1):
+        moved = _differs(logits[row, : t + 1], logits[0, : t + 1]).any(dim=1)
+        if moved.any():
+            position = int(moved.nonzero()[0, 0])
+            _refuse(model, batch, logits, vocab_size, label, t, position)
+
+
+def _refuse(model, batch, logits, vocab_size: int, label: str, t: int, position: int) -> NoReturn:
+    """The ValueError for a model that failed the check: random (rerun differs), or not causal."""
+    if _differs(_forward(model, batch, vocab_size), logits).any():
+        raise ValueError(
+            "the model is not deterministic: the same token ids gave different logits in two "
+            "calls (dropout or another random layer left on?); certified scores must be "
+            "reproducible"
+        )
+    raise ValueError(
+        f"the model is not causal: replacing the tokens after position {t} of a "
+        f"{batch.shape[1]}-token input ({label}) changed its logits at position {position}; "
+        "the logits at a position may depend only on the tokens up to it, or the bound "
+        "scores predictions that saw their targets"
+    )
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Where two logit tensors differ in value (NaN equals NaN: that fault is reported later)."""
+    return (a != b) & ~(a.isnan() & b.isnan())
+
+
+def corpus_digest(corpus: TokenCorpus) -> str:
+    """sha256 of the documents of `corpus`: their count, lengths and ids, in order.
+
+    Ids are hashed as little-endian int64, so the digest does not depend on how the ids are
+    stored (dtype, memory map, a subset of a larger stream). A run of documents each starting
+    where the previous one ends is read as one slice, in chunks: one pass over the tokens.
+    """
+    starts, ends = corpus.starts, corpus.ends
+    digest = hashlib.sha256(f"{corpus.num_documents}|{corpus.num_tokens}|".encode())
+    digest.update(corpus.lengths.astype("<i8").tobytes())
+    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+    run_starts = starts[np.r_[0, breaks]].tolist()
+    run_ends = ends[np.r_[breaks - 1, len(ends) - 1]].tolist()
+    for begin, end in zip(run_starts, run_ends, strict=True):
+        for chunk in range(begin, end, _HASH_CHUNK):
+            ids = np.asarray(corpus.tokens[chunk : min(end, chunk + _HASH_CHUNK)])
+            digest.update(ids.astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 class _Scorer:

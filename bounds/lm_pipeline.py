@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import distributed
+from .architecture import Decoder
 from .ledger import Ledger
 from .lm_bounds import DocumentLosses, Sampling, loss_bounds, smoothed_bounds
 from .lm_certificate import LMCertificate, LossSummary
@@ -25,7 +26,6 @@ from .pipeline import (
     choose_code,
     decoded_model,
     describe_prior,
-    load_decoded,
     network_parameters,
     opaque_config,
 )
@@ -139,27 +139,58 @@ class Settings:
 
     def evaluate(self, module: torch.nn.Module, corpus, description: str):
         """evaluate_lm with these settings; under torchrun each rank scores its share of the
-        batches and the per-window sums are added up exactly (each row is filled on one rank)."""
+        batches and the per-window sums are added up exactly (each row is filled on one rank).
+
+        Under torchrun every rank must hold the same weights, corpus and settings (checked
+        before scoring), and a failure on any rank is raised on all of them."""
         from .lm_eval import evaluate_lm
 
         shard = distributed.shard()
-        evaluation = evaluate_lm(
-            module,
-            corpus,
-            context=self.context,
-            stride=self.stride,
-            alphas=self.alphas,
-            top_k=self.top_k,
-            batch_size=self.batch_size,
-            device=self.device,
-            quiet=self.quiet,
-            shard=shard,
-            description=description,
+        # The cheap check first, so that misconfigured ranks stop before the long scoring
+        # (computed only in a process group).
+        distributed.run_checked(lambda: None, lambda _: self.agreed(module, corpus))
+        evaluation = distributed.run_checked(
+            lambda: evaluate_lm(
+                module,
+                corpus,
+                context=self.context,
+                stride=self.stride,
+                alphas=self.alphas,
+                top_k=self.top_k,
+                batch_size=self.batch_size,
+                device=self.device,
+                quiet=self.quiet,
+                shard=shard,
+                description=description,
+            )
         )
         if shard is None:
             return evaluation
         summed = {k: distributed.sum_disjoint(v) for k, v in evaluation.arrays().items()}
         return evaluation.with_arrays(summed)
+
+    def agreed(self, module: torch.nn.Module, corpus) -> dict[str, Any]:
+        """What all ranks must share for their per-window sums to add up to one evaluation."""
+        from .evaluate import weights_digest
+        from .lm_eval import corpus_digest
+
+        # A plain callable has no tensors to compare; a module's are hashed bit for bit.
+        weights = weights_digest(module) if isinstance(module, torch.nn.Module) else None
+        return {
+            "the model weights": weights,
+            "the corpora (documents, tokens, sha256 of the ids)": (
+                corpus.num_documents,
+                corpus.num_tokens,
+                corpus_digest(corpus),
+            ),
+            "the evaluation settings (context, stride, alphas, top_k, batch size)": (
+                self.context,
+                self.stride,
+                self.alphas,
+                self.top_k,
+                self.batch_size,
+            ),
+        }
 
 
 def certify_lm(
@@ -178,7 +209,7 @@ def certify_lm(
     seed: int = 0,
     batch_size: int = 8,
     device: str = "cpu",
-    architecture: str | None = None,
+    architecture: Any = None,
     opaque: Any = None,
     quiet: bool = True,
 ) -> LMCertificate:
@@ -191,7 +222,8 @@ def certify_lm(
     (seed `seed`) instead of evaluating the whole corpus, with half of δ for the sampling;
     the seed must be fixed before any result is seen (trying seeds and keeping the best is a
     selection no δ share pays for). With `test_corpus`, the decoded model's held-out losses
-    are reported with a document-level test-set bound each. `opaque`: as in `bounds.certify`.
+    are reported with a document-level test-set bound each. `architecture` and `opaque`: as
+    in `bounds.certify` (the decoded model is built from the declared architecture).
     """
     from quantize import grid_fingerprint
     from quantize.compress import coded_state
@@ -250,13 +282,17 @@ def certify_lm(
     if opaque is not None:
         code, candidates, word, decoded = opaque, [], opaque.to_bytes(), model
         prior_description = dict(prior)
+        label, evaluated_params = architecture or type(model).__qualname__, model
     else:
+        decoder = Decoder(model, architecture)
         _, prior = coded_state(model, prior)
-        prior_description = describe_prior(prior)
+        prior_description = describe_prior(prior, decoder.architecture)
+        label, evaluated_params = decoder.architecture.spec, decoder.skeleton
         choice = clock.time(
             "search",
             lambda: choose_code(
                 model,
+                decoder,
                 prior,
                 grid,
                 lambda candidate: run(candidate, plan.corpus, "candidate"),
@@ -267,7 +303,7 @@ def certify_lm(
             ),
         )
         code, candidates = choice.code, choice.candidates
-        decoded, word = decoded_model(model, code, prior)
+        decoded, word = decoded_model(decoder, code, prior)
 
     quantized_eval = clock.time("evaluation", lambda: run(decoded, plan.corpus, "decoded model"))
     bounds = clock.time("bound", lambda: bounds_of(code.bits, quantized_eval))
@@ -308,7 +344,7 @@ def certify_lm(
         bounds=bounds,
         test=test,
         code_bits=code.bits,
-        model_params=network_parameters(model),
+        model_params=network_parameters(evaluated_params),
         code_breakdown=dict(code.breakdown),
         code_config=opaque_config(code) if opaque is not None else dict(code.config),
         code_sha256=hashlib.sha256(word).hexdigest(),
@@ -316,7 +352,7 @@ def certify_lm(
         grid_fingerprint=grid_fingerprint(grid),
         candidates=candidates,
         prior=prior_description,
-        architecture=architecture or type(model).__qualname__,
+        architecture=label,
         delta=delta,
         timings=clock.seconds,
         versions=_versions(),
@@ -370,8 +406,10 @@ def reproduce_lm(
     quiet: bool = True,
     device: str = "cpu",
     batch_size: int = 8,
+    architecture: Any = None,
 ) -> LMReproduction:
-    """Decode `word` into `model`'s architecture, re-score `corpus` and recompute every bound.
+    """Decode `word` into a fresh `architecture` skeleton of `model`'s kind (its trained
+    tensors are never used), re-score `corpus` and recompute every bound.
 
     The evaluation settings come from `certificate` (its JSON dict): context, stride, α grid,
     top-k list, subsample size and seed, δ, the grid size (for the subsample's union over the
@@ -396,10 +434,11 @@ def reproduce_lm(
         prior_description = dict(prior or {})
         config_found = opaque_config(code)
     else:
+        decoder = Decoder(model, architecture)
         _, prior = coded_state(model, prior)
         code = Code.from_bytes(word, prior)
-        decoded = load_decoded(model, code.decode(prior))
-        prior_description = describe_prior(prior)
+        decoded = decoder(code.decode(prior))
+        prior_description = describe_prior(prior, decoder.architecture)
         config_found = None
     settings = Settings(
         context=stated["context"],
@@ -446,6 +485,8 @@ def reproduce_lm(
     }
     if config_found is not None:
         found["opaque file sha256"] = config_found["file_sha256"]
+    if "architecture" in prior_description:
+        found["architecture fingerprint"] = prior_description["architecture"]["fingerprint"]
     found |= {f"decoded top-{k} error": rate for k, rate in summary.top_k_error.items()}
     found |= {
         f"{loss} {method} bound": bound.value
@@ -488,6 +529,9 @@ def _claimed_values(certificate: Mapping[str, Any]) -> dict[str, Any]:
         config = certificate["code"]["config"]
         if config.get("kind") == "opaque file":
             claimed["opaque file sha256"] = config["file_sha256"]
+        architecture = certificate["prior"].get("architecture")
+        if architecture is not None:
+            claimed["architecture fingerprint"] = architecture["fingerprint"]
         claimed |= {f"decoded top-{k} error": v for k, v in quantized["top_k_error"].items()}
         claimed |= {
             f"{loss} {method} bound": bound["value"]

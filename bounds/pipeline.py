@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import distributed
+from .architecture import Architecture, Decoder, wrapped_network
 from .certificate import Certificate, TestResult, TrainResult
 from .evaluate import Evaluation, as_loader, evaluate
 from .occam import OCCAM_METHODS, occam_bound
@@ -36,16 +37,6 @@ def default_grid() -> list[dict[str, Any]]:
     return product_grid(levels=(4, 8, 16, 32), schemes=("kmeans", "uniform"))
 
 
-def load_decoded(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """A copy of `model` carrying the decoded tensors (exactly those, nothing else)."""
-    decoded = copy.deepcopy(model)
-    if hasattr(decoded, "load_coded_state"):
-        decoded.load_coded_state(state)
-    else:
-        decoded.load_state_dict(state, strict=True)
-    return decoded
-
-
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """sha256 of tensor names, dtypes, shapes and bytes: equal digests mean equal weights."""
     digest = hashlib.sha256()
@@ -59,16 +50,18 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 def network_parameters(model: torch.nn.Module) -> int:
     """Parameters of the network that is evaluated; for a subspace model, the wrapped one."""
-    network = model.model if hasattr(model, "coded_state") and hasattr(model, "model") else model
-    return sum(parameter.numel() for parameter in network.parameters())
+    return sum(parameter.numel() for parameter in wrapped_network(model).parameters())
 
 
-def describe_prior(prior: Any) -> dict[str, Any]:
-    """The prior's description and fingerprint, or a note that the code carries everything."""
+def describe_prior(prior: Any, architecture: Architecture | None = None) -> dict[str, Any]:
+    """The prior's description and fingerprint, with the architecture the decoder builds."""
     if prior is None:
-        return {"kind": "none", "fingerprint": None, "note": "θ0 = 0; layout in the code word"}
-    description = dict(prior.describe())
-    description["fingerprint"] = prior.fingerprint()
+        description = {"kind": "none", "fingerprint": None, "note": "θ0 = 0; layout in the code"}
+    else:
+        description = dict(prior.describe())
+        description["fingerprint"] = prior.fingerprint()
+    if architecture is not None:
+        description["architecture"] = architecture.describe()
     return description
 
 
@@ -122,6 +115,7 @@ class Choice:
 
 def choose_code(
     model: torch.nn.Module,
+    decoder: Decoder,
     prior: Any,
     grid: Sequence[Mapping[str, Any]],
     score: Callable[[torch.nn.Module], Any],
@@ -133,9 +127,10 @@ def choose_code(
 ) -> Choice:
     """Compress with every configuration of `grid` and keep the smallest headline bound.
 
-    `score(decoded_model)` evaluates a candidate; `headline(bits, evaluation)` is its bound;
-    `floor(bits)` is the best bound any evaluation could give with that many bits;
-    `describe(evaluation)` is what the certificate lists of each candidate. The
+    `decoder(state)` builds a candidate's model; `score(decoded_model)` evaluates it;
+    `headline(bits, evaluation)` is its bound; `floor(bits)` is the best bound any
+    evaluation could give with that many bits; `describe(evaluation)` is what the
+    certificate lists of each candidate. The
     choice is paid for by the grid index in the code word, so any rule is honest; this one is
     fixed in advance. Candidates come shortest first; one whose floor is no better than the
     best bound so far cannot win (the bound grows with the loss), so it is not evaluated.
@@ -150,7 +145,7 @@ def choose_code(
     def evaluate_state(state: Mapping[str, torch.Tensor]) -> Any:
         digest = state_digest(state)
         if digest not in evaluated:
-            evaluated[digest] = score(load_decoded(model, state))
+            evaluated[digest] = score(decoder(state))
         return evaluated[digest]
 
     def record(candidate) -> None:
@@ -182,12 +177,12 @@ def choose_code(
     return Choice(code, candidates)
 
 
-def decoded_model(model: torch.nn.Module, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
+def decoded_model(decoder: Decoder, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
     """What the project's decoder makes of the code word's bytes, and those bytes."""
     from quantize import Code
 
     word = code.to_bytes()
-    return load_decoded(model, Code.from_bytes(word, prior).decode(prior)), word
+    return decoder(Code.from_bytes(word, prior).decode(prior)), word
 
 
 def certify(
@@ -203,7 +198,7 @@ def certify(
     methods: Sequence[str] = DEFAULT_METHODS,
     device: str = "cpu",
     batch_size: int = 1024,
-    architecture: str | None = None,
+    architecture: Any = None,
     opaque: Any = None,
     quiet: bool = True,
 ) -> Certificate:
@@ -216,9 +211,16 @@ def certify(
     model's true error with each of `methods` at confidence 1 − δ. With `test_data`, the
     decoded model's held-out error gets its own test-set bound (a separate claim at δ).
 
+    The decoded model is built from `architecture` (a ``module:factory[:key=value,...]``
+    spec or a zero-argument factory; see :class:`bounds.architecture.Architecture`; default:
+    what a built-in factory or a Hugging Face config declares) and the decoded tensors, never
+    from the trained object, so nothing the trained model carries outside its coded tensors
+    reaches the bound.
+
     With `opaque` (a :class:`quantize.opaque.OpaqueCode`), the model is what a declared
     loader made of a pre-quantized file, and that file is the code word as it is: no search
-    and no fine-tuning; `prior` is then the loader's description (a dict with a fingerprint).
+    and no fine-tuning; `prior` is then the loader's description (a dict with a fingerprint)
+    and `architecture` only a label.
     """
     from quantize import Code, finetune, grid_fingerprint
     from quantize.compress import coded_state
@@ -245,13 +247,17 @@ def certify(
     if opaque is not None:
         code, candidates, word, decoded = opaque, [], opaque.to_bytes(), model
         prior_description = dict(prior)
+        label, evaluated_params = architecture or type(model).__qualname__, model
     else:
+        decoder = Decoder(model, architecture)
         _, prior = coded_state(model, prior)
-        prior_description = describe_prior(prior)
+        prior_description = describe_prior(prior, decoder.architecture)
+        label, evaluated_params = decoder.architecture.spec, decoder.skeleton
         choice = clock.time(
             "search",
             lambda: choose_code(
                 model,
+                decoder,
                 prior,
                 grid,
                 lambda decoded: run(decoded, train_data, "candidate"),
@@ -289,7 +295,7 @@ def certify(
                 word = distributed.broadcast_object(code.to_bytes())
                 code = Code.from_bytes(word, prior).with_config(code.config)
         # The bound is about what the project's decoder makes of the bytes, so evaluate that.
-        decoded, word = decoded_model(model, code, prior)
+        decoded, word = decoded_model(decoder, code, prior)
 
     quantized_eval = clock.time("evaluation", lambda: run(decoded, train_data, "decoded model"))
     bounds = clock.time(
@@ -316,7 +322,7 @@ def certify(
         bounds=bounds,
         code_bits=code.bits,
         num_params=network_parameters(model) if opaque is not None else code.num_params,
-        model_params=network_parameters(model),
+        model_params=network_parameters(evaluated_params),
         code_breakdown=dict(code.breakdown),
         code_config=opaque_config(code) if opaque is not None else dict(code.config),
         code_sha256=hashlib.sha256(word).hexdigest(),
@@ -325,7 +331,7 @@ def certify(
         grid_fingerprint=grid_fingerprint(grid),
         candidates=candidates,
         prior=prior_description,
-        architecture=architecture or type(model).__qualname__,
+        architecture=label,
         delta=delta,
         test=test,
         qat=qat,
@@ -369,9 +375,11 @@ def reproduce(
     methods: Sequence[str] | None = None,
     device: str = "cpu",
     batch_size: int = 1024,
+    architecture: Any = None,
     quiet: bool = True,
 ) -> Reproduction:
-    """Decode `word` into `model`'s architecture, re-evaluate, recompute every bound.
+    """Decode `word` into a fresh `architecture` skeleton of `model`'s kind, re-evaluate, and
+    recompute every bound (only `model`'s kind and prior are used, never its trained tensors).
 
     With a `certificate` (its JSON dict) δ and the methods come from it, and every number
     it states about the code word, the training errors and the bounds must match exactly;
@@ -380,9 +388,10 @@ def reproduce(
     from quantize import Code
     from quantize.compress import coded_state
 
+    decoder = Decoder(model, architecture)
     _, prior = coded_state(model, prior)
     code = Code.from_bytes(word, prior)
-    decoded = load_decoded(model, code.decode(prior))
+    decoded = decoder(code.decode(prior))
     evaluation = evaluate(
         decoded,
         train_data,
@@ -422,6 +431,10 @@ def reproduce(
             "training examples": evaluation.n,
             "training errors": evaluation.errors,
         }
+        stated = (certificate.get("prior") or {}).get("architecture")
+        if isinstance(stated, Mapping):
+            claimed["architecture fingerprint"] = stated.get("fingerprint")
+            found["architecture fingerprint"] = decoder.architecture.fingerprint
         found |= {f"{name} bound": bound.value for name, bound in bounds.items()}
         mismatches = [
             f"{key}: certificate says {claimed[key]}, recomputed {found[key]}"

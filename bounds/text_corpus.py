@@ -3,10 +3,15 @@
 Every Python installation ships its standard library's ``.py`` files, so this corpus needs no
 download. Each file of at most `max_file_bytes` bytes (outside ``site-packages``) is one
 document: its bytes (ids 0–255) followed by the end-of-document id 256, so the vocabulary has
-257 ids and predicting the end of a file is scored. Files are split into training and held-out
-documents by a seeded random permutation of the sorted paths: a uniform draw without
-replacement from the population of files, for which Hoeffding's inequality — and so the
-document-level bounds — hold for the population mean (Hoeffding 1963, Section 6).
+257 ids and predicting the end of a file is scored. A seeded random permutation of the sorted
+paths decides everything else: its first `held_out` fraction are the held-out documents, the
+rest the training documents — a uniform draw without replacement from the population of
+files, for which Hoeffding's inequality, and so the document-level bounds, hold for the
+population mean (Hoeffding 1963, Section 6) — and each split's documents follow one another in
+the permutation's order, not alphabetically. The training stream is then its files in a
+seeded random order, so the token-level (sequential) bounds, whose risk is each token's
+expected loss given all of the stream before it, are about a next file drawn at random from
+those not yet seen rather than the next module of the same package.
 The corpus differs between Python versions; its `source` names the version and a sha256 of
 the token stream, so a report identifies it exactly.
 """
@@ -66,7 +71,8 @@ def stdlib_corpus(
             f"leaves {'no held-out' if cut == 0 else 'no training'} file; change held_out or "
             "max_file_bytes"
         )
-    chosen = sorted(order[:cut] if split == "test" else order[cut:])
+    # The permutation's order, not sorted: the stream must not run through files by path.
+    chosen = order[:cut] if split == "test" else order[cut:]
     documents = [np.frombuffer(files[i].read_bytes(), dtype=np.uint8) for i in chosen]
     lengths = np.array([len(document) + 1 for document in documents], dtype=np.int64)
     tokens = np.full(int(lengths.sum()), END_OF_DOCUMENT, dtype=np.uint16)

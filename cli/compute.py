@@ -259,7 +259,7 @@ def compute(
     if code_file:
         from quantize.opaque import OpaqueCode
 
-        loaded = load_model(model, arch, trust_pickle=trust_pickle, loader=loader)
+        loaded = load_model(model, arch, trust_pickle=trust_pickle, loader=loader, opaque=True)
         opaque = OpaqueCode.from_file(model)
         prior_object = describe_loader(loader, arch)
     else:
@@ -475,6 +475,7 @@ def _reproduce(code, data, claimed, model, arch, prior, delta, trust_pickle, qui
         prior=prior_object,
         certificate=claimed,
         delta=delta,
+        architecture=architecture,
         quiet=quiet,
     )
 
@@ -506,6 +507,7 @@ def _reproduce_lm(
             corpus,
             certificate=claimed,
             prior=prior_object,
+            architecture=architecture,
             quiet=quiet,
         )
     if prior is not None:
@@ -515,7 +517,10 @@ def _reproduce_lm(
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "decoded"
             path.write_bytes(contents)
-            return load_model(str(path), arch, trust_pickle=trust_pickle, loader=loader).model
+            loaded = load_model(
+                str(path), arch, trust_pickle=trust_pickle, loader=loader, opaque=True
+            )
+            return loaded.model
 
     return reproduce_lm(
         code.read_bytes(),

@@ -13,15 +13,11 @@ Every failure is a ValueError with one clear sentence.
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib
 import os
 import pickle
-import sys
 import warnings
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,38 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from bounds.architecture import parse_options, resolve_callable, source_digest
+
 SUBSPACE_FORMAT = "bounds.subspace/1"
-
-
-def _parse_options(text: str, what: str) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{what} options must look like key=value, got {item!r}")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return options
-
-
-def resolve_callable(spec: str, what: str) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """Import ``module:name[:options]`` and return the callable with its keyword options."""
-    module_name, sep, rest = spec.partition(":")
-    name, _, option_text = rest.partition(":")
-    if not sep or not module_name or not name:
-        raise ValueError(f"{what} must look like module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:  # let users point at a module next to their data
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r} for the {what}: {error}") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise ValueError(f"module {module_name!r} has no callable {name!r} (the {what})")
-    return function, _parse_options(option_text, what)
 
 
 def build_architecture(spec: str) -> nn.Module:
@@ -135,24 +102,34 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
 
 @dataclass
 class LoadedModel:
-    """A model ready to certify, the spec that built it, and what kind of file it came from."""
+    """A model ready to certify, the spec that builds its skeleton (None: the model declares
+    it, e.g. a Hugging Face config), and what kind of file it came from."""
 
     model: nn.Module
-    architecture: str
+    architecture: str | None
     kind: str
 
 
 def load_model(
-    path: str, arch: str | None = None, *, trust_pickle: bool = False, loader: str | None = None
+    path: str,
+    arch: str | None = None,
+    *,
+    trust_pickle: bool = False,
+    loader: str | None = None,
+    opaque: bool = False,
 ) -> LoadedModel:
-    """Load MODEL: a state dict or .safetensors (with --arch), a Subspace checkpoint, a
-    TorchScript archive, or (only with `trust_pickle`) a pickled nn.Module. With `loader`
-    (``module:function``), ``function(path)`` builds the model from the file. A directory
-    written by Hugging Face ``save_pretrained`` loads as that causal LM (local files only)."""
+    """Load MODEL: a state dict or .safetensors (with --arch), a Subspace checkpoint, or a
+    Hugging Face ``save_pretrained`` directory (local files only). With `loader`
+    (``module:function``), ``function(path)`` builds the model from the file.
+
+    A TorchScript archive or (only with `trust_pickle`) a pickled nn.Module carries state that
+    no declared architecture rebuilds, so it is accepted only as an `opaque` code word (the
+    whole file is the word and is counted); otherwise it is refused."""
     from bounds import hf
 
     if loader is None and hf.is_model_directory(path):
-        return LoadedModel(hf.load_directory(path), f"hf:{path}", "Hugging Face directory")
+        # Its architecture is its config, which the decoder reads off the model.
+        return LoadedModel(hf.load_directory(path), None, "Hugging Face directory")
     file = _existing_file(path, "model file")
     if loader is not None:
         function, options = resolve_callable(loader, "loader")
@@ -172,6 +149,8 @@ def load_model(
             ) from None
         return _from_state_dict(state, arch, path)
     if _is_torchscript(file):
+        if not opaque:
+            raise ValueError(_not_rebuildable(path, "a TorchScript archive"))
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; it still loads
             warnings.simplefilter("ignore", DeprecationWarning)
             return LoadedModel(
@@ -179,6 +158,8 @@ def load_model(
             )
     content = _torch_load(file, trust_pickle, "model file")
     if isinstance(content, nn.Module):
+        if not opaque:
+            raise ValueError(_not_rebuildable(path, "a pickled module"))
         return LoadedModel(content, type(content).__qualname__, "pickled module")
     if isinstance(content, dict) and content.get("format") == SUBSPACE_FORMAT:
         return _subspace(content, arch, path)
@@ -189,6 +170,14 @@ def load_model(
                 break
         return _from_state_dict(content, arch, path)
     raise ValueError(f"model file {path!r} holds a {type(content).__name__}, not a model")
+
+
+def _not_rebuildable(path: str, what: str) -> str:
+    return (
+        f"model file {path!r} is {what}: it can carry state that no declared architecture "
+        "rebuilds, so it is certified only as a whole (pass --code-file: K counts every byte "
+        "of the file); or save a state dict and pass --arch"
+    )
 
 
 def _from_state_dict(state: dict, arch: str | None, path: str) -> LoadedModel:
@@ -224,7 +213,7 @@ def load_data(spec: str, *, default_split: str = "train", trust_pickle: bool = F
     if name == "mnist1d":
         from bounds.datasets import MNIST1DSpec, mnist1d
 
-        options = _parse_options(option_text, "mnist1d")
+        options = parse_options(option_text, "mnist1d")
         split = options.pop("split", default_split)
         unknown = set(options) - {"n", "m", "seed"}
         if unknown:
@@ -276,7 +265,6 @@ def describe_loader(loader: str | None, arch: str | None) -> dict[str, Any]:
     """The decoder of an opaque code word, as a prior: what it is and a sha256 over its
     spec and the source files of the modules it comes from, so a reader can audit it."""
     import hashlib
-    import inspect
 
     from bounds import __version__
 
@@ -287,9 +275,7 @@ def describe_loader(loader: str | None, arch: str | None) -> dict[str, Any]:
             continue
         function, _ = resolve_callable(spec, what)
         digest.update(f"{what}|{spec}|".encode())
-        source = inspect.getsourcefile(function)
-        if source is not None:
-            digest.update(Path(source).read_bytes())
+        source_digest(function, digest)
         parts.append(f"{what} {spec}")
     decoder = " + ".join(parts) or "the built-in model loaders"
     digest.update(f"bounds {__version__}".encode())
@@ -322,7 +308,7 @@ def load_corpus(
             raise ValueError(
                 f"{', '.join(given)} describe a token file; the stdlib corpus has its own documents"
             )
-        options = _parse_options(option_text, "stdlib")
+        options = parse_options(option_text, "stdlib")
         split = options.pop("split", default_split)
         unknown = set(options) - {"seed", "held_out", "max_file_bytes"}
         if unknown:

@@ -31,7 +31,11 @@ def main() -> None:
     model = make_model(args.hidden)
     train_classifier(model, training_data(), epochs=20, lr=0.01, batch_size=100)
     torch.save(model.state_dict(), args.out)
-    certificate = bounds.certify(model, training_data(), test_data=test_data())
+    # The decoder builds the certified network from this factory, never from `model` itself.
+    architecture = f"my_project:make_model:hidden={args.hidden}"
+    certificate = bounds.certify(
+        model, training_data(), test_data=test_data(), architecture=architecture
+    )
     print(certificate.to_markdown())
     print(
         f"saved {args.out}; certify it with:\n  bounds compute {args.out} "

@@ -2,7 +2,8 @@
 
 The corpus ships with Python: every standard-library .py file of at most 16 KiB is a
 document of bytes (plus an end-of-document id), split 90/10 into training and held-out files
-(`bounds.text_corpus`). For each width the script trains a small causal transformer for a
+by a seeded permutation, each split's files in that permutation's random order rather than by
+path (`bounds.text_corpus`). For each width the script trains a small causal transformer for a
 fixed number of steps on CPU, saves its state dict, and certifies it with `bounds.certify_lm`:
 bits per byte (α-smoothed, best α of the grid) and top-1 error, each bounded at the token level
 (Azuma, empirical Bernstein) and the document level, plus held-out values.

@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         "data": f"mnist1d:n={args.n},seed=0",
     }
     subspace = Subspace(
-        mnist1d_cnn(args.width), args.dim, args.seed, args.projection, metadata=metadata
+        mnist1d_cnn(args.width),
+        args.dim,
+        args.seed,
+        args.projection,
+        init_seed=args.seed,
+        metadata=metadata,
     )
     print(
         f"MNIST-1D n={len(train)}, m={len(test)}; CNN width {args.width} with "

@@ -10,7 +10,7 @@ difference from the base with :class:`~quantize.priors.ReferencePrior`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,7 @@ class FineTuned(nn.Module):
         if not trained:
             raise ValueError("the model has no tensors beyond the base: nothing was trained")
         base_state = {key: value.detach().cpu() for key, value in base.items()}
+        self._base, self._name = base_state, name
         fingerprinter = Fingerprinter()
         fingerprinter.add_str("base")
         fingerprinter.add_state_dict(base_state)
@@ -100,6 +101,17 @@ class FineTuned(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    def fresh(self, build: Callable[[int], nn.Module]) -> FineTuned:
+        """A new FineTuned like this one around `build(0)` with the base's tensors loaded: the
+        decoder's skeleton, whose frozen tensors come from the declared base alone."""
+        network = build(0)
+        state = network.state_dict()
+        missing = sorted(set(self._base) - set(state))
+        if missing:
+            raise ValueError(f"the architecture lacks tensors of the base: {missing[:5]}")
+        network.load_state_dict({**state, **self._base}, strict=True)
+        return FineTuned(network, self._base, name=self._name)
 
     def prior(self) -> BasePrior:
         return self._prior

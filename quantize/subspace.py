@@ -5,7 +5,9 @@ d-dimensional subspace of the D-dimensional parameter space; Lotfi et al. 2022, 
 compression bounds so tight that they can explain generalization", use such subspaces (with
 structured projections) to get short codes. Here θ0 (the wrapped model's floating parameters at
 construction) and P (regenerated from `seed`) form the prior; the code word carries only w and
-the wrapped model's buffers (`Subspace.coded_state`).
+the wrapped model's buffers (`Subspace.coded_state`). θ0 is a prior only if it can be
+re-derived: `init_seed` declares the seed under which the architecture produced it, and the
+decoder's skeleton (`Subspace.fresh`) regenerates it and refuses a θ0 that differs.
 
 Projections (all with entries of variance 1/D, so every column has expected squared norm 1 —
 the expected-norm form of Li et al.'s unit-norm columns; w is float32, P is float32):
@@ -277,6 +279,7 @@ class Subspace(nn.Module):
         seed: int,
         projection: str = "auto",
         *,
+        init_seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -284,6 +287,7 @@ class Subspace(nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
         self.dim = _check_int("dim", dim, 1, 2**62)
         self.seed = _check_int("seed", seed, 0, 2**63)
+        self.init_seed = None if init_seed is None else _check_int("init_seed", init_seed, 0, 2**63)
         parameters = list(model.named_parameters())
         not_real = [name for name, p in parameters if not p.is_floating_point()]
         if not_real:
@@ -403,6 +407,7 @@ class Subspace(nn.Module):
             "module": _qualified_name(self.model),
             "projection": self.projection,
             "seed": self.seed,
+            "init_seed": self.init_seed,
             "dim": self.dim,
             "num_params": self.num_params,
         }
@@ -422,14 +427,49 @@ class Subspace(nn.Module):
             fingerprinter.hexdigest(), coded_layout, {"kind": "subspace", **fields}
         )
 
+    def fresh(self, build: Callable[[int], nn.Module]) -> Subspace:
+        """A new, untrained Subspace like this one around `build(init_seed)`: the decoder's
+        skeleton. θ0 is re-derived from the architecture and the declared initialization seed,
+        never read from this object; ValueError unless it equals this subspace's θ0 bit for
+        bit (with the same projection), since only a re-derivable θ0 is part of the prior."""
+        if self.init_seed is None:
+            raise ValueError(
+                "the subspace declares no init_seed, so its θ0 cannot be re-derived from the "
+                "architecture and is not a prior: build it with Subspace(network, dim, seed, "
+                "init_seed=S) where network was made right after torch.manual_seed(S)"
+            )
+        skeleton = Subspace(
+            build(self.init_seed),
+            self.dim,
+            self.seed,
+            self.projection,
+            init_seed=self.init_seed,
+            metadata=self.metadata,
+        )
+        derived, own = skeleton.theta0(), self.theta0()
+        if derived.keys() != own.keys() or not all(
+            derived[name].dtype == own[name].dtype
+            and derived[name].shape == own[name].shape
+            and torch.equal(derived[name].cpu(), own[name].cpu())
+            for name in own
+        ):
+            raise ValueError(
+                "the subspace's θ0 is not the architecture's initialization under init_seed "
+                f"{self.init_seed}: it cannot be re-derived, so it is not part of the prior"
+            )
+        if skeleton.prior().fingerprint() != self.prior().fingerprint():
+            raise ValueError("the re-derived subspace prior differs from this one's")
+        return skeleton
+
     # --- checkpoints ----------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a checkpoint that `torch.load(path, weights_only=True)` reads (format below).
 
         ``{"format": "bounds.subspace/1", "module": str, "projection": str, "seed": int,
-        "dim": int, "num_params": int, "projection_digest": str, "w": Tensor,
-        "theta0": {param name: Tensor}, "buffers": {buffer name: Tensor}, "metadata": dict}``
+        "init_seed": int or None, "dim": int, "num_params": int, "projection_digest": str,
+        "w": Tensor, "theta0": {param name: Tensor}, "buffers": {buffer name: Tensor},
+        "metadata": dict}``
         """
         checkpoint = {
             **self._identity(),
@@ -505,6 +545,7 @@ class Subspace(nn.Module):
             checkpoint["dim"],
             checkpoint["seed"],
             checkpoint["projection"],
+            init_seed=checkpoint.get("init_seed"),
             metadata=checkpoint["metadata"],
         )
         expected_w = {"w": (tuple(subspace.w.shape), subspace.w.dtype)}

@@ -8,7 +8,8 @@ Started by tests/test_distributed.py (this file is not a test module):
 Writes OUT_DIR/certificate.json (the certificate, the float model's evaluation, and what
 `reproduce` found; then the same for a tiny language model under `certify_lm`, with its decoded
 model's per-document sums) and, when distributed, OUT_DIR/checks.json (each rank's results of the
-collective helpers). Only rank 0 writes, and it creates each file exclusively, so a second
+collective helpers, and its messages when the ranks of `evaluate` or `certify_lm` disagree or one
+of them fails). Only rank 0 writes, and it creates each file exclusively, so a second
 writer would fail the run.
 """
 
@@ -58,6 +59,15 @@ def owned(size: int, rank: int, world: int) -> np.ndarray:
     return np.arange(size) % world == rank
 
 
+def failure(work) -> str | None:
+    """The message of the ValueError `work()` raises, or None if it succeeds."""
+    try:
+        work()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def collective_checks(model, train) -> dict:
     """This rank's results of the collective helpers and of failures inside evaluate."""
     from bounds import distributed
@@ -75,14 +85,6 @@ def collective_checks(model, train) -> dict:
         "floats": [v.hex() for v in distributed.sum_disjoint(np.where(mine, floats, 0.0))],
         "broadcast": distributed.broadcast_object({"from": rank}),
     }
-
-    def failure(work) -> str | None:
-        try:
-            work()
-        except ValueError as error:
-            return str(error)
-        return None
-
     checks["overlap"] = failure(lambda: distributed.sum_disjoint(np.ones(3)))
     checks["float32"] = failure(lambda: distributed.sum_disjoint(np.ones(3, dtype=np.float32)))
     inputs, labels = train.tensors
@@ -96,7 +98,48 @@ def collective_checks(model, train) -> dict:
         with torch.no_grad():
             other[-1].bias[0] += 1.0
     checks["different_weights"] = failure(lambda: evaluate(other, train, batch_size=BATCH_SIZE))
-    return checks
+    return checks | language_model_failures(rank)
+
+
+class OnRankOne(torch.nn.Module):
+    """The same weights on every rank, but on rank 1 the logits pass through `fault`."""
+
+    def __init__(self, base: torch.nn.Module, fault) -> None:
+        super().__init__()
+        self.base, self.fault = base, fault
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.base(ids)
+        return self.fault(logits, ids) if torch.distributed.get_rank() == 1 else logits
+
+
+def peek_at_next(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
+    return logits + torch.nn.functional.one_hot(following, logits.shape[-1])
+
+
+def language_model_failures(rank: int) -> dict:
+    """certify_lm's message on this rank when rank 1 holds other weights, another corpus or
+    other settings, or fails (a non-causal model, NaN logits while scoring)."""
+    from bounds.lm_pipeline import certify_lm
+
+    train = lm_corpus(0, 30)
+
+    def certify(model, corpus=train, batch_size=LM_BATCH_SIZE) -> str | None:
+        options = dict(context=LM_CONTEXT, stride=LM_STRIDE, grid=LM_GRID[:1])
+        return failure(lambda: certify_lm(model, corpus, batch_size=batch_size, **options))
+
+    other = language_model()
+    if rank == 1:
+        with torch.no_grad():
+            other.head.weight[0, 0] += 1e-3
+    return {
+        "lm_different_weights": certify(other),
+        "lm_different_corpus": certify(language_model(), lm_corpus(rank, 30)),
+        "lm_different_settings": certify(language_model(), batch_size=LM_BATCH_SIZE + rank),
+        "lm_not_causal": certify(OnRankOne(language_model(), peek_at_next)),
+        "lm_scoring_error": certify(OnRankOne(language_model(), lambda z, _: z * math.nan)),
+    }
 
 
 def mnist1d_model(path: str | None) -> torch.nn.Module:
@@ -199,7 +242,7 @@ def main(model_path: str, out_dir: str) -> None:
         grid=GRID,
         qat_epochs=QAT_EPOCHS,
         batch_size=BATCH_SIZE,
-        architecture=f"mnist1d_cnn:width={WIDTH}",
+        architecture=f"bounds.architectures:mnist1d_cnn:width={WIDTH}",
     )
     claim = json.loads(certificate.to_json())
     reproduction = reproduce(
@@ -208,6 +251,7 @@ def main(model_path: str, out_dir: str) -> None:
         train,
         certificate=claim,
         batch_size=BATCH_SIZE,
+        architecture=f"bounds.architectures:mnist1d_cnn:width={WIDTH}",
     )
     language = certify_language_model()
     everyone = [checks]

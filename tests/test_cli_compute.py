@@ -161,21 +161,23 @@ def _model_files(tmp_path):
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     torch.save(model, tmp_path / "pickled.pt")
     metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": 4}}
-    Subspace(mnist1d_cnn(width=4), 40, seed=0, metadata=metadata).save(tmp_path / "subspace.pt")
+    torch.manual_seed(2)  # θ0 is the architecture's initialization under init_seed 2
+    network = mnist1d_cnn(width=4)
+    Subspace(network, 40, seed=0, init_seed=2, metadata=metadata).save(tmp_path / "subspace.pt")
     return model
 
 
 @pytest.mark.parametrize(
     "file, extra, architecture, prior_kind",
     [
-        ("scripted.pt", [], "torchscript:", "none"),
+        ("scripted.pt", ["--code-file"], "torchscript:", "decoder"),
         (
             "weights.safetensors",
             ["--arch", "bounds.architectures:mnist1d_cnn:width=4"],
             "bounds.architectures:mnist1d_cnn:width=4",
             "none",
         ),  # fmt: skip
-        ("pickled.pt", ["--trust-pickle"], "Sequential", "none"),
+        ("pickled.pt", ["--trust-pickle", "--code-file"], "Sequential", "decoder"),
         ("subspace.pt", [], "bounds.architectures:mnist1d_cnn:width=4", "subspace"),
     ],
 )

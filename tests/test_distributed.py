@@ -139,6 +139,30 @@ def test_collectives_under_torchrun(runs):
     assert ranks[0]["bad_label"].startswith(f"rank 1 failed: ValueError: {label_error}")
 
 
+@pytest.mark.slow
+def test_language_model_ranks_that_disagree_or_fail_stop_together(runs):
+    ranks = read(runs[1], "checks.json")["ranks"]
+    # Checked before scoring, so both ranks stop with the same message naming what differs.
+    differing = {
+        "lm_different_weights": "the model weights",
+        "lm_different_corpus": "the corpora (documents, tokens, sha256 of the ids)",
+        "lm_different_settings": "the evaluation settings (context, stride, alphas, top_k, "
+        "batch size)",
+    }
+    for case, what in differing.items():
+        for checks in ranks:
+            assert checks[case] == f"{what} differ between rank 0 and rank(s) [1]", case
+    # Rank 1 fails (in the causality check; while scoring): it raises its own error, and
+    # rank 0, instead of waiting for it in a collective, names it.
+    failures = {
+        "lm_not_causal": "the model is not causal: replacing the tokens after position",
+        "lm_scoring_error": "the model returned a non-finite logit",
+    }
+    for case, message in failures.items():
+        assert ranks[1][case].startswith(message), ranks[1][case]
+        assert ranks[0][case].startswith(f"rank 1 failed: ValueError: {message}"), ranks[0][case]
+
+
 class RecordingDataset(Dataset):
     """A dataset of tensors that records which examples were loaded."""
 
@@ -193,9 +217,10 @@ def test_three_shards_sum_to_the_unsharded_result(linear_problem):
         data = RecordingDataset(inputs, labels)
         part = evaluate_batches(model, data, batch_size=100, shard=(rank, 3))
         mine = [b for b in range(11) if b % 3 == rank]
-        # Only the shard's batches are evaluated, and only their examples are loaded.
+        # Only the shard's batches are evaluated, and only their examples are loaded (a few
+        # of them more than once: the check for random transforms loads them twice first).
         assert np.flatnonzero(part.examples).tolist() == mine
-        assert sorted(data.loaded) == [
+        assert sorted(set(data.loaded)) == [
             i for b in mine for i in range(b * 100, min(b * 100 + 100, 1003))
         ]
         parts.append(part)
@@ -217,21 +242,17 @@ def test_a_shard_alone_is_not_a_result(linear_problem):
         evaluate(model, (inputs, labels), shard=(3, 3))
 
 
-def test_loaders_that_cannot_be_split(linear_problem):
+def test_a_shuffling_loader_is_split_like_its_dataset(linear_problem):
     model, inputs, labels = linear_problem
     data = TensorDataset(inputs, labels)
     shuffled = DataLoader(
         data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
-    whole = evaluate(model, data)
-    # One process takes any loader; other batches round float32 products differently.
-    alone = evaluate(model, shuffled)
-    assert (alone.n, alone.errors) == (whole.n, whole.errors)
-    assert math.isclose(alone.loss_sum, whole.loss_sum, rel_tol=1e-6)
-    with pytest.raises(ValueError, match="cannot be split across processes"):
-        evaluate_batches(model, shuffled, shard=(0, 2))
-    with pytest.raises(ValueError, match="drops its last 43 examples"):
-        evaluate(model, DataLoader(data, batch_size=64, drop_last=True))
+    # A loader's dataset is evaluated in order, in batches of the evaluation batch size.
+    whole = evaluate_batches(model, data, batch_size=100)
+    parts = [evaluate_batches(model, shuffled, batch_size=100, shard=(r, 2)) for r in (0, 1)]
+    assert (parts[0].examples + parts[1].examples).tolist() == whole.examples.tolist()
+    assert (parts[0].loss_sums + parts[1].loss_sums).tolist() == whole.loss_sums.tolist()
 
 
 def test_helpers_without_a_process_group(monkeypatch):
@@ -254,3 +275,28 @@ def test_helpers_without_a_process_group(monkeypatch):
         distributed.initialize("meta")
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         distributed.initialize("cuda:1")
+
+
+def test_run_checked_and_check_agreement_without_a_process_group():
+    computed = []
+    result = distributed.run_checked(lambda: 3, lambda value: computed.append(value) or {})
+    assert result == 3 and computed == []  # nothing to agree with: not even computed
+    distributed.check_agreement({"the model weights": "a"})  # one rank agrees with itself
+
+
+def test_check_agreement_names_what_differs(monkeypatch):
+    def two_ranks(mine: dict) -> dict:
+        other = {**mine, "the corpora": "other"}
+        monkeypatch.setattr(distributed, "_gather", lambda value: [value, other])
+        return mine
+
+    distributed.check_agreement(two_ranks({"the model weights": "w", "the corpora": "other"}))
+    with pytest.raises(
+        ValueError, match=r"^the corpora differ between rank 0 and rank\(s\) \[1\]$"
+    ):
+        distributed.check_agreement(two_ranks({"the model weights": "w", "the corpora": "c"}))
+    monkeypatch.setattr(distributed, "_gather", lambda value: [value, {}, value])
+    with pytest.raises(
+        ValueError, match=r"^the a and the b differ between rank 0 and rank\(s\) \[1\]$"
+    ):
+        distributed.check_agreement({"the a": 1, "the b": 2})

@@ -317,7 +317,8 @@ class Truncating(PreviousToken):
         ),
         (nn.Linear(4, 4), None, {}, r"rejects long token ids of shape \(1, 1\)"),
         (lambda ids: ids.double(), None, {}, r"token ids \[1, 1\] to logits \[1, 1, V\]"),
-        (Truncating(), None, {}, r"to logits \[2, 4, 11\], got shape \(2, 1, 11\)"),
+        # The causality check's first call: the window and its 3 variants.
+        (Truncating(), None, {}, r"to logits \[4, 4, 11\], got shape \(4, 1, 11\)"),
         (lambda ids: (ids,), None, {}, "tensor or an object with .logits, got tuple"),
         (lambda ids: torch.zeros(*ids.shape, 1), None, {}, "at least 2 outputs"),
         (
@@ -383,3 +384,35 @@ def test_byte_transformer_is_causal_and_checks_its_input():
         byte_transformer(width=30, heads=4)
     with pytest.raises(ValueError, match="context must be positive"):
         byte_transformer(context=0)
+
+
+def test_corpus_digest_is_about_the_documents_not_their_storage():
+    corpus = random_corpus()
+    digest = lm_eval.corpus_digest(corpus)
+    as_int64 = TokenCorpus(corpus.tokens.astype(np.int64), corpus.starts, corpus.ends)
+    assert lm_eval.corpus_digest(as_int64) == digest
+    # The same documents cut out of a longer stream, read in several chunks.
+    padded = np.concatenate([[7, 7, 7], corpus.tokens, [1]]).astype(np.uint32)
+    shifted = TokenCorpus(padded, corpus.starts + 3, corpus.ends + 3)
+    assert lm_eval.corpus_digest(shifted) == digest
+    chunked = lm_eval._HASH_CHUNK
+    lm_eval._HASH_CHUNK = 4
+    try:
+        assert lm_eval.corpus_digest(shifted) == digest
+    finally:
+        lm_eval._HASH_CHUNK = chunked
+    # A subset with a repeat is hashed document by document, in its order.
+    subset = corpus.subset([3, 1, 3])
+    rebuilt = corpus_of([corpus.document(3), corpus.document(1), corpus.document(3)])
+    assert lm_eval.corpus_digest(subset) == lm_eval.corpus_digest(rebuilt)
+    changed = corpus.tokens.copy()
+    changed[10] = (changed[10] + 1) % VOCAB
+    other = [
+        TokenCorpus(changed, corpus.starts, corpus.ends),  # one id
+        TokenCorpus(corpus.tokens, corpus.starts[:-1], corpus.ends[:-1]),  # one document fewer
+        TokenCorpus(  # the same ids cut into other documents
+            corpus.tokens, np.array([0, 4, 9, 32, 44]), np.array([4, 9, 32, 44, 47])
+        ),
+        subset,
+    ]
+    assert len({digest, *(lm_eval.corpus_digest(c) for c in other)}) == 1 + len(other)

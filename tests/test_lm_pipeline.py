@@ -307,7 +307,19 @@ def test_fine_tuned_model_codes_only_the_adapter(corpora):
     train_language_model(adapted, train, context=CONTEXT, steps=20, lr=3e-2, batch_size=16)
     base_state = {f"base.{k}": v.clone() for k, v in base.state_dict().items()}
     wrapped = FineTuned(adapted, base_state, name="base.pt")
-    result = certify_lm(wrapped, train, context=CONTEXT, stride=STRIDE, top_k=TOP_K, grid=GRID)
+
+    def architecture():
+        return LowRankAdapter(byte_transformer(VOCAB, context=CONTEXT, width=16, depth=1, heads=2))
+
+    result = certify_lm(
+        wrapped,
+        train,
+        context=CONTEXT,
+        stride=STRIDE,
+        top_k=TOP_K,
+        grid=GRID,
+        architecture=architecture,
+    )
     assert result.prior["kind"] == "base" and result.prior["coded_tensors"] == 2
     assert result.prior["fingerprint"] == wrapped.prior().fingerprint()
     prior = wrapped.prior()
@@ -331,7 +343,8 @@ def test_fine_tuned_model_codes_only_the_adapter(corpora):
     )
     assert result.bounds == expected
     fresh = FineTuned(LowRankAdapter(copy.deepcopy(base)), base_state)
-    check = reproduce_lm(word, fresh, train, certificate=json.loads(result.to_json()))
+    claim = json.loads(result.to_json())
+    check = reproduce_lm(word, fresh, train, certificate=claim, architecture=architecture)
     assert check.mismatches == []
 
 
@@ -397,3 +410,39 @@ def test_bad_settings_are_refused(model, corpora):
         certify_lm(model, train, context=CONTEXT, stride=CONTEXT + 1, grid=GRID)
     with pytest.raises(ValueError, match="delta"):
         certify_lm(model, train, context=CONTEXT, grid=GRID, delta=1.0)
+
+
+class PeeksAhead(nn.Module):
+    """A causal transformer plus `leak` × one-hot of the next input token at every position."""
+
+    def __init__(self, leak: float) -> None:
+        super().__init__()
+        self.base = byte_transformer(VOCAB, context=CONTEXT, width=16, depth=1, heads=2, seed=0)
+        self.leak = nn.Parameter(torch.full((VOCAB,), leak))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
+        return self.base(ids) + self.leak * nn.functional.one_hot(following, VOCAB)
+
+
+def test_a_model_that_peeks_at_the_next_token_is_refused(corpora):
+    train, _ = corpora
+    with pytest.raises(ValueError, match="the model is not causal"):
+        certify_lm(PeeksAhead(1.0), train, context=CONTEXT, stride=STRIDE, grid=GRID[:1])
+
+
+def test_a_model_that_leaks_only_once_quantized_is_refused(corpora):
+    # Causal as trained (a leak of exactly 0), not once the leak weights are quantized: the
+    # check runs on every search candidate and on the decoded model, not only the float one.
+    train, _ = corpora
+    model = PeeksAhead(0.0)
+    evaluate(model, train)  # the float model passes
+    with pytest.raises(ValueError, match="the model is not causal"):
+        certify_lm(
+            model,
+            train,
+            context=CONTEXT,
+            stride=STRIDE,
+            grid=GRID[:1],
+            architecture=lambda: PeeksAhead(0.0),
+        )

@@ -223,7 +223,7 @@ def test_cli_reads_the_architecture_from_checkpoint_metadata(tmp_path, capsys):
 
     for width in (2, 4):
         metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": width}}
-        model = Subspace(untrained(width), 10 * width, seed=0, metadata=metadata)
+        model = Subspace(untrained(width), 10 * width, seed=0, init_seed=width, metadata=metadata)
         model.save(tmp_path / f"sub{width}.pt")
     status, stdout, _ = run_cli(capsys, "sweep", tmp_path / "sub*.pt", *FAST, "--format", "json")
     assert status == 0

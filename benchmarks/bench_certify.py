@@ -1,9 +1,9 @@
 """Wall time of `bounds compute` on MNIST-1D (n = 60 000) for models of 10⁴, 10⁵, 10⁶ parameters.
 
-Each model is a `bounds.architectures.mnist1d_cnn` of the width that gives the size, at
+Each model is a `bounds.models.architectures.mnist1d_cnn` of the width that gives the size, at
 its seeded initialization (training it is not what is timed), saved as a state dict and
 certified through the same calls the CLI makes (`cli.specs.load_model`, `load_data`,
-`bounds.pipeline.certify`) with the default 16-configuration grid and one epoch of
+`bounds.pipeline.certify.certify`) with the default 16-configuration grid and one epoch of
 quantization-aware fine-tuning. Stages: load (model file + data), float evaluation,
 search (compress every candidate, evaluate those that can still win), QAT, evaluation of
 the decoded word, bound. The MNIST-1D arrays are generated once before timing.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d_arrays
-from bounds.pipeline import certify
+from bounds.models.architectures import mnist1d_cnn
+from bounds.pipeline.certify import certify
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d_arrays
 from cli.specs import load_data, load_model
 
 WIDTH_FOR_SIZE = {10_000: 32, 100_000: 120, 1_000_000: 400}
@@ -43,7 +43,7 @@ def main() -> None:
             torch.manual_seed(0)
             path = Path(folder) / "model.pt"
             torch.save(mnist1d_cnn(width).state_dict(), path)
-            arch = f"bounds.architectures:mnist1d_cnn:width={width}"
+            arch = f"bounds.models.architectures:mnist1d_cnn:width={width}"
             start = time.perf_counter()
             loaded = load_model(str(path), arch)
             train = load_data("mnist1d")

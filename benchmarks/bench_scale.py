@@ -21,11 +21,12 @@ Run: ``PYTHONPATH=. python benchmarks/bench_scale.py --section compress --params
 (timings grow when other jobs share the two cores; the load average is printed).
 
 Section ``throughput``: evaluation throughput of a GPT-2-shaped model (GPT-2 small's config:
-124M parameters, random weights from a seed, built with `bounds.hf.causal_lm`; needs
+124M parameters, random weights from a seed, built with `bounds.models.hf.causal_lm`; needs
 transformers) on ``--documents`` synthetic documents of random ids, ``--context`` tokens of
-context, scoring every token with the α grid and top-1 (`bounds.lm_eval.evaluate_lm`): one
-process with 2 threads, one with 1 thread, and two torchrun processes with 1 thread each
-(gloo, the sums combined with `bounds.distributed.sum_disjoint`). It prints tokens per second
+context, scoring every token with the α grid and top-1
+(`bounds.tasks.language.evaluate.evaluate_lm`): one process with 2 threads, one with 1 thread,
+and two torchrun processes with 1 thread each (gloo, the sums combined with
+`bounds.pipeline.distributed.sum_disjoint`). It prints tokens per second
 and a sha256 of the per-window sums, which must agree across the three runs.
 Run: ``PYTHONPATH=. python benchmarks/bench_scale.py --section throughput --documents 8``.
 """
@@ -185,7 +186,7 @@ def run_compress(args: argparse.Namespace) -> None:
 def _gpt2_small(seed: int):
     """GPT-2 small's shape (12 layers, 12 heads, width 768, 50 257 ids, 1 024 positions; 124M
     parameters with tied embeddings), random weights from `seed`, built from its config."""
-    from bounds.hf import causal_lm
+    from bounds.models.hf import causal_lm
 
     return causal_lm("gpt2", seed=seed)
 
@@ -195,7 +196,7 @@ def run_throughput(args: argparse.Namespace) -> None:
     import subprocess
     import sys
 
-    from bounds.tokens import save_tokens
+    from bounds.tasks.language.tokens import save_tokens
 
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
@@ -243,10 +244,10 @@ def run_throughput_worker(args: argparse.Namespace) -> None:
 
     import torch
 
-    from bounds import distributed
-    from bounds.lm_eval import evaluate_lm
-    from bounds.sequence import DEFAULT_ALPHA_GRID
-    from bounds.tokens import load_tokens
+    from bounds.formulas.sequence import DEFAULT_ALPHA_GRID
+    from bounds.pipeline import distributed
+    from bounds.tasks.language.evaluate import evaluate_lm
+    from bounds.tasks.language.tokens import load_tokens
 
     torch.set_num_threads(args.threads)
     if args.distributed:

@@ -2,7 +2,7 @@
 
 For each setting (CNN width, subspace dimension d, projection, learning rate, epochs, batch
 size, seed) this trains ``Subspace(mnist1d_cnn(width), d, seed)`` with
-:func:`bounds.training.train_classifier` (AdamW, cosine schedule), then codes w with
+:func:`bounds.models.training.train_classifier` (AdamW, cosine schedule), then codes w with
 :func:`quantize.compress` at 4, 8, 16 and 32 levels of both schemes, decodes the word, counts
 the decoded model's training errors k and reports K (bits of the code word), the quantized
 train and test errors, and the Occam bounds
@@ -37,10 +37,10 @@ import torch
 
 import bounds
 import quantize
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d
-from bounds.evaluate import evaluate
-from bounds.training import train_classifier
+from bounds.models.architectures import mnist1d_cnn
+from bounds.models.training import train_classifier
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
+from bounds.tasks.classification.evaluate import evaluate
 from examples.mnist1d_subspace import finetune_quantized
 
 DELTA = 0.05

@@ -6,16 +6,15 @@ The formulas here are pure numpy/scipy and import no torch; the pipeline (`certi
 
 from __future__ import annotations
 
-from .binomial import binom_tail_inv, log_binom_cdf
-from .catoni import DEFAULT_BETA_GRID
-from .certificate import Certificate
-from .errors import InvalidInput
-from .kl import kl, kl_inv
-from .ledger import Ledger
-from .occam import OCCAM_METHODS, elias_delta_bits, occam_bound
-from .pac_bayes import PAC_BAYES_METHODS, log_xi, pac_bayes_bound
-from .result import Bound
-from .sequence import (
+from bounds.formulas.binomial import binom_tail_inv, log_binom_cdf
+from bounds.formulas.catoni import DEFAULT_BETA_GRID
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.kl import kl, kl_inv
+from bounds.formulas.ledger import Ledger
+from bounds.formulas.occam import OCCAM_METHODS, elias_delta_bits, occam_bound
+from bounds.formulas.pac_bayes import PAC_BAYES_METHODS, log_xi, pac_bayes_bound
+from bounds.formulas.result import Bound
+from bounds.formulas.sequence import (
     AZUMA_LAMBDA_GRID,
     DEFAULT_ALPHA_GRID,
     DEFAULT_LAMBDA_GRID,
@@ -27,7 +26,8 @@ from .sequence import (
     subsample_upper,
     with_subsample,
 )
-from .test_set import test_set_bound
+from bounds.formulas.test_set import test_set_bound
+from bounds.reports.certificate import Certificate
 
 __version__ = "0.1.0"
 
@@ -67,16 +67,12 @@ __all__ = [
 
 def __getattr__(name: str):
     # The pipeline needs torch; load it on first use so `import bounds` stays light.
-    if name in ("certify", "reproduce"):
-        from . import pipeline
+    if name in ("certify", "certify_lm", "reproduce"):
+        from bounds.pipeline import certify
 
-        return getattr(pipeline, name)
-    if name == "certify_lm":
-        from .lm_pipeline import certify_lm
-
-        return certify_lm
+        return getattr(certify, name)
     if name == "sweep":
-        from .model_sweep import sweep
+        from bounds.pipeline.sweep import sweep
 
         return sweep
     raise AttributeError(f"module 'bounds' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-ARCHITECTURE = "bounds.architectures:mnist1d_cnn"
+ARCHITECTURE = "bounds.models.architectures:mnist1d_cnn"
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,12 @@ def run_demo(out: Path, settings: DemoSettings = DemoSettings(), *, quiet: bool 
 
     import torch
 
+    from bounds.models.architectures import mnist1d_cnn
+    from bounds.models.training import train_classifier
+    from bounds.pipeline.sweep import sweep
+    from bounds.reports.plot import plot_sweep
+    from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
     from quantize import Subspace, product_grid
-
-    from .architectures import mnist1d_cnn
-    from .datasets import MNIST1DSpec, mnist1d
-    from .model_sweep import sweep
-    from .plot import plot_sweep
-    from .training import train_classifier
 
     out.mkdir(parents=True, exist_ok=True)
     spec = MNIST1DSpec(n=settings.n, m=settings.m, seed=settings.data_seed)

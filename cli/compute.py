@@ -100,6 +100,19 @@ Distributed = Annotated[
     ),
 ]
 DEFAULT_DATA = {Task.classify: "mnist1d", Task.lm: "stdlib"}
+TaskChoice = Annotated[
+    Task,
+    typer.Option(
+        help="classify: labelled examples; lm: a causal language model (as given to "
+        "compute, for verify)."
+    ),
+]
+DataSpec = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--data", help="Training data spec (default: mnist1d for classify, stdlib for lm)."
+    ),
+]
 
 
 def compute(
@@ -111,16 +124,8 @@ def compute(
         ),
     ],
     arch: Arch = None,
-    task: Annotated[
-        Task, typer.Option(help="classify: labelled examples; lm: a causal language model.")
-    ] = Task.classify,
-    data: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--data",
-            help="Training data spec (default: mnist1d for classify, stdlib for lm).",
-        ),
-    ] = None,
+    task: TaskChoice = Task.classify,
+    data: DataSpec = None,
     test_data: TestData = None,
     delta: Delta = 0.05,
     levels: Annotated[
@@ -211,7 +216,7 @@ def compute(
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
     import bounds
-    from bounds import distributed as dist
+    from bounds.pipeline import distributed as dist
 
     from .specs import describe_loader, load_corpus, load_data, load_model, load_prior
 
@@ -283,8 +288,9 @@ def compute(
         opaque=opaque,
         quiet=quiet,
     )
+    from bounds.pipeline.certify import certify, certify_lm
+
     if task is Task.lm:
-        from bounds.lm_pipeline import certify_lm
 
         def corpus(spec: str, split: str, cuts: Path | None):
             return load_corpus(spec, eod=eod, offsets=cuts, dtype=token_dtype, default_split=split)
@@ -303,8 +309,6 @@ def compute(
             **common,
         )
     else:
-        from bounds.pipeline import certify
-
         certificate = certify(
             loaded.model,
             load_data(data, trust_pickle=trust_pickle),
@@ -343,15 +347,8 @@ def verify(
     code: Annotated[
         Path, typer.Argument(help="Code word written by `bounds compute --save-code`.")
     ],
-    task: Annotated[
-        Task, typer.Option(help="classify or lm, as given to compute (lm needs --certificate).")
-    ] = Task.classify,
-    data: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            "--data", help="Training data spec (default: mnist1d for classify, stdlib for lm)."
-        ),
-    ] = None,
+    task: TaskChoice = Task.classify,
+    data: DataSpec = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -366,7 +363,7 @@ def verify(
     ] = None,
     loader: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="lm: the loader of an opaque code word (compute --code-file)."),
+        typer.Option(help="The loader of an opaque code word (compute --code-file)."),
     ] = None,
     certificate: Annotated[
         Optional[Path],  # noqa: UP045
@@ -397,7 +394,7 @@ def verify(
     With --task lm the evaluation settings (context, stride, α grid, top-k, subsample and its
     seed, δ, batch size) are read from the certificate, which is required.
     """
-    from bounds import distributed as dist
+    from bounds.pipeline import distributed as dist
 
     if not code.is_file():
         raise ValueError(f"code file {str(code)!r} does not exist or is not a file")
@@ -415,10 +412,10 @@ def verify(
         if delta is not None:
             raise ValueError("--delta is for a classifier without certificate; δ comes from it")
     else:
-        if isinstance(claimed, dict) and claimed.get("task") == "lm":
+        stated = claimed.get("task") if isinstance(claimed, dict) else None
+        if isinstance(stated, dict) and stated.get("name") == "lm":
             raise ValueError("the certificate is a language model's: pass --task lm")
         given = {
-            "--loader": loader,
             "--eod": eod,
             "--offsets": offsets,
             "--token-dtype": token_dtype,
@@ -432,13 +429,15 @@ def verify(
         dist.initialize("cpu")
         main_rank = dist.is_main()
     quiet = quiet or not main_rank
+    from .specs import load_corpus, load_data
+
     if task is Task.lm:
-        result = _reproduce_lm(
-            code, data, claimed, model, arch, prior, loader, eod, offsets, token_dtype,
-            trust_pickle, quiet,
-        )  # fmt: skip
+        evaluated = load_corpus(data, eod=eod, offsets=offsets, dtype=token_dtype)
     else:
-        result = _reproduce(code, data, claimed, model, arch, prior, delta, trust_pickle, quiet)
+        evaluated = load_data(data, trust_pickle=trust_pickle)
+    result = _reproduce(
+        code, evaluated, claimed, model, arch, prior, loader, delta, trust_pickle, quiet
+    )
     if not main_rank:
         return
     for line in result.report:
@@ -461,38 +460,16 @@ def _skeleton(model: str | None, arch: str | None, trust_pickle: bool):
     raise ValueError("pass --model (the file given to compute) or --arch to rebuild the model")
 
 
-def _reproduce(code, data, claimed, model, arch, prior, delta, trust_pickle, quiet):
-    from bounds.pipeline import reproduce
-
-    from .specs import load_data, load_prior
-
-    skeleton, architecture = _skeleton(model, arch, trust_pickle)
-    skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
-    return reproduce(
-        code.read_bytes(),
-        skeleton,
-        load_data(data, trust_pickle=trust_pickle),
-        prior=prior_object,
-        certificate=claimed,
-        delta=delta,
-        architecture=architecture,
-        quiet=quiet,
-    )
-
-
-def _reproduce_lm(
-    code, data, claimed, model, arch, prior, loader, eod, offsets, token_dtype, trust_pickle, quiet
-):
-    """`reproduce_lm` for the CLI: an opaque word is decoded by --loader or the built-in
-    loaders (its file's bytes written to a temporary file for them to read), any other word
-    into the model of --model / --arch."""
+def _reproduce(code, data, claimed, model, arch, prior, loader, delta, trust_pickle, quiet):
+    """`reproduce` for the CLI: an opaque word is decoded by --loader or the built-in loaders
+    (its file's bytes written to a temporary file for them to read), any other word into a
+    fresh skeleton of the model of --model / --arch."""
     import tempfile
 
-    from bounds.lm_pipeline import reproduce_lm
+    from bounds.pipeline.certify import reproduce
 
-    from .specs import describe_loader, load_corpus, load_model, load_prior
+    from .specs import describe_loader, load_model, load_prior
 
-    corpus = load_corpus(data, eod=eod, offsets=offsets, dtype=token_dtype)
     section = claimed.get("code") if isinstance(claimed, dict) else None
     config = section.get("config") if isinstance(section, dict) else None
     opaque = isinstance(config, dict) and config.get("kind") == "opaque file"
@@ -501,12 +478,13 @@ def _reproduce_lm(
             raise ValueError("--loader decodes an opaque code word; this certificate's is not")
         skeleton, architecture = _skeleton(model, arch, trust_pickle)
         skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
-        return reproduce_lm(
+        return reproduce(
             code.read_bytes(),
             skeleton,
-            corpus,
+            data,
             certificate=claimed,
             prior=prior_object,
+            delta=delta,
             architecture=architecture,
             quiet=quiet,
         )
@@ -522,10 +500,10 @@ def _reproduce_lm(
             )
             return loaded.model
 
-    return reproduce_lm(
+    return reproduce(
         code.read_bytes(),
         None,
-        corpus,
+        data,
         certificate=claimed,
         prior=describe_loader(loader, arch),
         load_opaque=load_opaque,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bounds.architecture import parse_options, resolve_callable, source_digest
+from bounds.pipeline.decoder import parse_options, resolve_callable, source_digest
 
 SUBSPACE_FORMAT = "bounds.subspace/1"
 
@@ -125,7 +125,7 @@ def load_model(
     A TorchScript archive or (only with `trust_pickle`) a pickled nn.Module carries state that
     no declared architecture rebuilds, so it is accepted only as an `opaque` code word (the
     whole file is the word and is counted); otherwise it is refused."""
-    from bounds import hf
+    from bounds.models import hf
 
     if loader is None and hf.is_model_directory(path):
         # Its architecture is its config, which the decoder reads off the model.
@@ -211,7 +211,7 @@ def load_data(spec: str, *, default_split: str = "train", trust_pickle: bool = F
     """A Dataset (or DataLoader) for a data spec; see the module docstring for the forms."""
     name, _, option_text = spec.partition(":")
     if name == "mnist1d":
-        from bounds.datasets import MNIST1DSpec, mnist1d
+        from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
 
         options = parse_options(option_text, "mnist1d")
         split = options.pop("split", default_split)
@@ -300,7 +300,7 @@ def load_corpus(
     library's source files as bytes) or a ``.npy``/``.bin`` token stream."""
     name, _, option_text = spec.partition(":")
     if name == "stdlib":
-        from bounds.text_corpus import stdlib_corpus
+        from bounds.tasks.language.stdlib import stdlib_corpus
 
         stream_options = {"--eod": eod, "--offsets": offsets, "--token-dtype": dtype}
         given = [option for option, value in stream_options.items() if value is not None]
@@ -318,7 +318,7 @@ def load_corpus(
             )
         return stdlib_corpus(split, **options)
     if spec.endswith((".npy", ".bin")):
-        from bounds.tokens import load_tokens
+        from bounds.tasks.language.tokens import load_tokens
 
         _existing_file(spec, "token file")
         if offsets is not None:

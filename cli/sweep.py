@@ -155,7 +155,7 @@ def sweep(
 ) -> None:
     """Certify every MODEL on DATA: one row per model, sorted by parameter count."""
     import bounds
-    from bounds.plot import check_plot_path, plot_sweep
+    from bounds.reports.plot import check_plot_path, plot_sweep
 
     from .specs import load_data, load_model
 

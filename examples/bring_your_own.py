@@ -19,7 +19,7 @@ import torch
 from my_project import make_model, test_data, training_data
 
 import bounds
-from bounds.training import train_classifier
+from bounds.models.training import train_classifier
 
 
 def main() -> None:

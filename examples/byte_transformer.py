@@ -3,10 +3,11 @@
 The corpus ships with Python: every standard-library .py file of at most 16 KiB is a
 document of bytes (plus an end-of-document id), split 90/10 into training and held-out files
 by a seeded permutation, each split's files in that permutation's random order rather than by
-path (`bounds.text_corpus`). For each width the script trains a small causal transformer for a
-fixed number of steps on CPU, saves its state dict, and certifies it with `bounds.certify_lm`:
-bits per byte (α-smoothed, best α of the grid) and top-1 error, each bounded at the token level
-(Azuma, empirical Bernstein) and the document level, plus held-out values.
+path (`bounds.tasks.language.stdlib`). For each width the script trains a small causal
+transformer for a fixed number of steps on CPU, saves its state dict, and certifies it with
+`bounds.certify_lm`: bits per byte (α-smoothed, best α of the grid) and top-1 error, each
+bounded at the token level (Azuma, empirical Bernstein) and the document level, plus held-out
+values.
 
     python examples/byte_transformer.py --out byte-lm            # two widths, ~16 min on 2 cores
     python examples/byte_transformer.py --out byte-lm --widths 32 --steps 200 --max-file-bytes 2048
@@ -14,7 +15,7 @@ bits per byte (α-smoothed, best α of the grid) and top-1 error, each bounded a
 A certificate of the same model from the command line (its grid also tries global codebooks):
 
     bounds compute byte-lm/width-32.pt --task lm --arch \\
-        bounds.architectures:byte_transformer:context=128,width=32,depth=2,heads=4 \\
+        bounds.models.architectures:byte_transformer:context=128,width=32,depth=2,heads=4 \\
         --data stdlib --test-data stdlib:split=test --context 128 --levels 16,32
 """
 
@@ -28,9 +29,9 @@ from pathlib import Path
 import torch
 
 import bounds
-from bounds.architectures import byte_transformer
-from bounds.lm_training import train_language_model
-from bounds.text_corpus import stdlib_corpus
+from bounds.models.architectures import byte_transformer
+from bounds.models.training import train_language_model
+from bounds.tasks.language.stdlib import stdlib_corpus
 
 
 def main() -> None:
@@ -76,7 +77,7 @@ def main() -> None:
             delta=args.delta,
             grid=grid,
             top_k=(1,),
-            architecture="bounds.architectures:byte_transformer:"
+            architecture="bounds.models.architectures:byte_transformer:"
             + ",".join(f"{k}={v}" for k, v in options.items()),
             quiet=args.quiet,
         )
@@ -90,12 +91,12 @@ def main() -> None:
                 "width": width,
                 "params": certificate.model_params,
                 "code_bits": certificate.code_bits,
-                "train_bits": certificate.train_quantized.bits,
-                "held_out_bits": test.bits,
+                "train_bits": certificate.train["decoded"]["bits"],
+                "held_out_bits": test["bits"],
                 "bits_bound": {method: bound.value for method, bound in bits.items()},
                 "alpha": bits["token_bernstein"].terms["alpha"],
-                "train_top1": certificate.train_quantized.top_k_error[1],
-                "held_out_top1": test.top_k_error[1],
+                "train_top1": certificate.train["decoded"]["top_k_error"]["1"],
+                "held_out_top1": test["top_k_error"]["1"],
                 "top1_bound": {method: bound.value for method, bound in top1.items()},
                 "train_seconds": trained,
                 "certify_seconds": certified,

@@ -8,7 +8,7 @@ about 6 500 bits describe a network of 6 058 parameters (width 24, d = 2 000).
 
 Steps:
 
-1. train w with AdamW and a cosine schedule (:func:`bounds.training.train_classifier`);
+1. train w with AdamW and a cosine schedule (:func:`bounds.models.training.train_classifier`);
 2. quantization-aware fine-tuning (:func:`quantize.finetune`): w is coded with ``--levels``
    levels of the ``--scheme`` quantizer, then the latent w and the codebook train further
    with the quantized w in the forward pass (straight-through gradients), one epoch per
@@ -42,13 +42,13 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d
-from bounds.evaluate import evaluate
-from bounds.training import step_size, train_classifier
+from bounds.models.architectures import mnist1d_cnn
+from bounds.models.training import step_size, train_classifier
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
+from bounds.tasks.classification.evaluate import evaluate
 from quantize import Code, Subspace, compress, finetune
 
-ARCHITECTURE = "bounds.architectures:mnist1d_cnn"
+ARCHITECTURE = "bounds.models.architectures:mnist1d_cnn"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,34 +11,12 @@ difference from the base with :class:`~quantize.priors.ReferencePrior`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .priors import Fingerprinter, Layout, _check_state_dict, state_layout
-
-
-@dataclass(frozen=True)
-class BasePrior:
-    """The prior of a :class:`FineTuned` model: the frozen base and the layout of the rest."""
-
-    fingerprint_hex: str
-    coded_layout: Layout
-    description: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        return self.fingerprint_hex
-
-    def reference(self) -> Mapping[str, torch.Tensor]:
-        return {}  # the trained tensors are coded as they are (θ0 = 0)
-
-    def layout(self) -> Layout:
-        return list(self.coded_layout)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.description, "fingerprint": self.fingerprint_hex}
+from .priors import Fingerprinter, FixedPrior, _check_state_dict, state_layout
 
 
 class FineTuned(nn.Module):
@@ -87,7 +65,7 @@ class FineTuned(nn.Module):
         fingerprinter.add_state_dict(base_state)
         layout = state_layout({f"model.{key}": state[key] for key in trained})
         fingerprinter.add_layout(layout)
-        self._prior = BasePrior(
+        self._prior = FixedPrior(
             fingerprinter.hexdigest(),
             layout,
             {
@@ -113,7 +91,7 @@ class FineTuned(nn.Module):
         network.load_state_dict({**state, **self._base}, strict=True)
         return FineTuned(network, self._base, name=self._name)
 
-    def prior(self) -> BasePrior:
+    def prior(self) -> FixedPrior:
         return self._prior
 
     def coded_state(self) -> dict[str, torch.Tensor]:

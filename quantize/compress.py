@@ -291,7 +291,26 @@ def code_group(
         codebook, counts = codebook[used], counts[used]
     if len(codebook) == 1:
         return GroupCode(members, numel, codebook, "constant")
-    return _shortest_coding(members, numel, codebook, counts, symbols, config)
+    # The allowed coding with the fewest bits (ties: the earlier option).
+    size = len(codebook)
+    options: list[tuple[int, GroupCode]] = []
+
+    def add(coder: str, model: SymbolModel | None, payload: bytes) -> None:
+        group = GroupCode(members, numel, codebook, coder, model, payload)
+        options.append((_group_bits(group, config.precision), group))
+
+    if config.coder in ("auto", "range"):
+        table = SymbolModel("counts", size, counts=counts.astype(np.int64))
+        add("range", table, range_encode(symbols, table))
+        table_bits = options[0][0]
+        for kind in ("laplace", "gaussian"):
+            law = fit_parametric(kind, counts)
+            # encode only when the law might win: a whole-model payload pass is not free
+            if estimated_bits(law, counts) + _PARAMETRIC_BITS < table_bits:
+                add("range", law, range_encode(symbols, law))
+    if config.coder in ("auto", "zstd"):
+        add("zstd", None, zstd_encode(symbols, numel, symbol_dtype(size)))
+    return min(options, key=lambda option: option[0])[1]
 
 
 def _renumbered(symbols: np.ndarray, renumber: np.ndarray) -> np.ndarray:
@@ -335,33 +354,3 @@ def _group_bits(group: GroupCode, precision: str) -> int:
     counter = BitCounter()
     write_group(counter, group, precision)
     return counter.bits
-
-
-def _shortest_coding(
-    members: tuple[int, ...],
-    numel: int,
-    codebook: np.ndarray,
-    counts: np.ndarray,
-    symbols: list[np.ndarray],
-    config: QuantConfig,
-) -> GroupCode:
-    """The allowed coding of the symbols with the fewest bits (ties: the earlier option)."""
-    size = len(codebook)
-    options: list[tuple[int, GroupCode]] = []
-
-    def add(coder: str, model: SymbolModel | None, payload: bytes) -> None:
-        group = GroupCode(members, numel, codebook, coder, model, payload)
-        options.append((_group_bits(group, config.precision), group))
-
-    if config.coder in ("auto", "range"):
-        table = SymbolModel("counts", size, counts=counts.astype(np.int64))
-        add("range", table, range_encode(symbols, table))
-        table_bits = options[0][0]
-        for kind in ("laplace", "gaussian"):
-            law = fit_parametric(kind, counts)
-            # encode only when the law might win: a whole-model payload pass is not free
-            if estimated_bits(law, counts) + _PARAMETRIC_BITS < table_bits:
-                add("range", law, range_encode(symbols, law))
-    if config.coder in ("auto", "zstd"):
-        add("zstd", None, zstd_encode(symbols, numel, symbol_dtype(size)))
-    return min(options, key=lambda option: option[0])[1]

@@ -23,6 +23,7 @@ import json
 import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
@@ -249,6 +250,29 @@ class InitPrior(_StatePrior):
 
     def describe(self) -> dict[str, Any]:
         return {**self._summary(), "seed": self.seed, "factory": self.factory}
+
+
+@dataclass(frozen=True)
+class FixedPrior:
+    """A prior that fixes the layout of the coded tensors and codes them as they are (θ0 = 0):
+    what a wrapper such as a subspace or a frozen base declares, its fixed parts (θ0 and P,
+    the base tensors) summed up in the fingerprint."""
+
+    fingerprint_hex: str
+    coded_layout: Layout
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        return self.fingerprint_hex
+
+    def reference(self) -> Mapping[str, torch.Tensor]:
+        return {}
+
+    def layout(self) -> Layout:
+        return list(self.coded_layout)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.description, "fingerprint": self.fingerprint_hex}
 
 
 class NoPrior:

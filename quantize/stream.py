@@ -46,18 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import quantizers
 from .bitio import BitCounter, BitWriter
 from .code import Code
 from .compress import QuantConfig, code_group
 from .integers import encode_integers, write_integers
-from .quantizers import (
-    assign,
-    kmeans_codebook,
-    stored_codebook,
-    symbol_dtype,
-    thresholds,
-    uniform_codebook,
-)
 from .safetensors_reader import (
     StoredTensor,
     checkpoint_tensors,
@@ -207,18 +200,18 @@ def _quantize(
     name, numel = tensor.spec.name, tensor.spec.numel
     if config.scheme == "kmeans":
         fitted = _kmeans_sample(tensor, sample_size, seed)
-        centroids, fitted_on = kmeans_codebook(fitted, config.levels), fitted.shape[0]
+        centroids, fitted_on = quantizers.kmeans_codebook(fitted, config.levels), fitted.shape[0]
         del fitted
     else:
         low, high = _value_range(tensor)
-        centroids, fitted_on = uniform_codebook(low, high, config.levels), numel
-    codebook = stored_codebook(centroids, config.precision, name)
-    cuts = thresholds(codebook, work_dtype_of(tensor.spec.dtype))
-    symbols = np.empty(numel, dtype=symbol_dtype(len(codebook)))
+        centroids, fitted_on = quantizers.uniform_codebook(low, high, config.levels), numel
+    codebook = quantizers.stored_codebook(centroids, config.precision, name)
+    cuts = quantizers.thresholds(codebook, work_dtype_of(tensor.spec.dtype))
+    symbols = np.empty(numel, dtype=quantizers.symbol_dtype(len(codebook)))
     counts = np.zeros(len(codebook), dtype=np.int64)
     for start, values in _finite_chunks(tensor):  # checked again: the file may have changed
         piece = symbols[start : start + values.shape[0]]
-        piece[:] = assign(values, cuts, symbols.dtype)
+        piece[:] = quantizers.assign(values, cuts, symbols.dtype)
         counts += np.bincount(piece, minlength=len(codebook))
     group = code_group((index,), numel, codebook, counts, [symbols], config)
     return group, fitted_on, _entropy_bits(counts)

@@ -39,14 +39,13 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from quantize.priors import Fingerprinter, Layout, state_layout
+from quantize.priors import Fingerprinter, FixedPrior, Layout, state_layout
 
 CHECKPOINT_FORMAT = "bounds.subspace/1"
 DENSE_MAX_ENTRIES = 10**8
@@ -241,27 +240,6 @@ def _match_layout(
         raise ValueError(f"{what} does not fit: " + "; ".join(problems))
 
 
-@dataclass(frozen=True)
-class SubspacePrior:
-    """The prior of a `Subspace`: θ0 and P are fixed, w and buffers are coded as they are."""
-
-    fingerprint_hex: str
-    coded_layout: Layout
-    description: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        return self.fingerprint_hex
-
-    def reference(self) -> Mapping[str, torch.Tensor]:
-        return {}
-
-    def layout(self) -> Layout:
-        return list(self.coded_layout)
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.description, "fingerprint": self.fingerprint_hex}
-
-
 class Subspace(nn.Module):
     """Wraps `model` so that its floating parameters are θ = θ0 + P·w; only `w` trains.
 
@@ -412,7 +390,7 @@ class Subspace(nn.Module):
             "num_params": self.num_params,
         }
 
-    def prior(self) -> SubspacePrior:
+    def prior(self) -> FixedPrior:
         """The prior: fingerprint over module class, projection kind, seed, dim, architecture
         layout, θ0 tensors and the projection digest; layout = the coded-state layout."""
         fields = self._identity()
@@ -423,9 +401,7 @@ class Subspace(nn.Module):
         fingerprinter.add_state_dict(self.theta0())
         fingerprinter.add_str(self.projection_digest())
         coded_layout = [(n, shape, dtype) for n, (shape, dtype) in self._coded_layout_map().items()]
-        return SubspacePrior(
-            fingerprinter.hexdigest(), coded_layout, {"kind": "subspace", **fields}
-        )
+        return FixedPrior(fingerprinter.hexdigest(), coded_layout, {"kind": "subspace", **fields})
 
     def fresh(self, build: Callable[[int], nn.Module]) -> Subspace:
         """A new, untrained Subspace like this one around `build(init_seed)`: the decoder's

@@ -14,7 +14,7 @@ def _private_cache(tmp_path_factory):
 
 
 SMALL_DATA = "mnist1d:n=1500,m=300,seed=3"
-SMALL_ARCH = "bounds.architectures:mnist1d_cnn:width=6"
+SMALL_ARCH = "bounds.models.architectures:mnist1d_cnn:width=6"
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,8 @@ def small_model(tmp_path_factory):
     """A width-6 CNN trained briefly on 1 500 MNIST-1D examples, saved as a state dict."""
     import torch
 
-    from bounds.architectures import mnist1d_cnn
-    from bounds.datasets import MNIST1DSpec, mnist1d
+    from bounds.models.architectures import mnist1d_cnn
+    from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
 
     data = mnist1d(MNIST1DSpec(n=1500, m=300, seed=3))
     torch.manual_seed(0)

@@ -70,8 +70,8 @@ def failure(work) -> str | None:
 
 def collective_checks(model, train) -> dict:
     """This rank's results of the collective helpers and of failures inside evaluate."""
-    from bounds import distributed
-    from bounds.evaluate import evaluate
+    from bounds.pipeline import distributed
+    from bounds.tasks.classification.evaluate import evaluate
 
     rank, world = distributed.rank(), distributed.world_size()
     ints, floats = disjoint_int_values(), disjoint_float_values()
@@ -121,7 +121,7 @@ def peek_at_next(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def language_model_failures(rank: int) -> dict:
     """certify_lm's message on this rank when rank 1 holds other weights, another corpus or
     other settings, or fails (a non-causal model, NaN logits while scoring)."""
-    from bounds.lm_pipeline import certify_lm
+    from bounds.pipeline.certify import certify_lm
 
     train = lm_corpus(0, 30)
 
@@ -143,7 +143,7 @@ def language_model_failures(rank: int) -> dict:
 
 
 def mnist1d_model(path: str | None) -> torch.nn.Module:
-    from bounds.architectures import mnist1d_cnn
+    from bounds.models.architectures import mnist1d_cnn
 
     torch.manual_seed(0)
     model = mnist1d_cnn(width=WIDTH)
@@ -154,7 +154,7 @@ def mnist1d_model(path: str | None) -> torch.nn.Module:
 
 def lm_corpus(seed: int, documents: int):
     """Documents of 3 to 59 random ids below LM_VOCAB."""
-    from bounds.tokens import TokenCorpus
+    from bounds.tasks.language.tokens import TokenCorpus
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, 60, size=documents)
@@ -164,15 +164,16 @@ def lm_corpus(seed: int, documents: int):
 
 
 def language_model() -> torch.nn.Module:
-    from bounds.architectures import byte_transformer
+    from bounds.models.architectures import byte_transformer
 
     return byte_transformer(LM_VOCAB, context=LM_CONTEXT, width=16, depth=1, heads=2, seed=0)
 
 
 def certify_language_model() -> dict:
-    """certify_lm (with a held-out corpus) and reproduce_lm of a tiny transformer, and the
+    """certify_lm (with a held-out corpus) and reproduce of a tiny transformer, and the
     decoded model's per-document sums (float64 as hex) from the same sharded evaluation."""
-    from bounds.lm_pipeline import Settings, certify_lm, reproduce_lm
+    from bounds.pipeline.certify import certify_lm, reproduce
+    from bounds.tasks.language.task import LanguageModelling
     from quantize import Code, NoPrior
 
     train, test = lm_corpus(0, 30), lm_corpus(1, 8)
@@ -191,15 +192,19 @@ def certify_language_model() -> dict:
     word = certificate.code.to_bytes()
     decoded = language_model()
     decoded.load_state_dict(Code.from_bytes(word, NoPrior()).decode(NoPrior()))
-    settings = Settings(
-        LM_CONTEXT, LM_STRIDE, certificate.alphas, LM_TOP_K, LM_BATCH_SIZE, "cpu", True
+    task = LanguageModelling(
+        context=LM_CONTEXT,
+        stride=LM_STRIDE,
+        alphas=tuple(certificate.task_settings["alphas"]),
+        top_k=LM_TOP_K,
+        batch_size=LM_BATCH_SIZE,
     )
-    per_document = settings.evaluate(decoded, train, "decoded model").per_document()
+    per_document = task.evaluate(decoded, train, "decoded model").per_document()
     sums = {
         name: [value.hex() for value in np.asarray(array, dtype=np.float64).ravel()]
         for name, array in per_document.arrays().items()
     }
-    reproduction = reproduce_lm(word, language_model(), train, certificate=claim)
+    reproduction = reproduce(word, language_model(), train, certificate=claim)
     return {
         "certificate": claim,
         "per_document": sums,
@@ -221,9 +226,10 @@ def main(model_path: str, out_dir: str) -> None:
     # a different split rounds differently; one thread in every process makes the per-batch
     # float64 loss sums of the single-process and the torchrun runs comparable bit for bit.
     torch.set_num_threads(1)
-    from bounds import certify, distributed, reproduce
-    from bounds.datasets import MNIST1DSpec, mnist1d
-    from bounds.evaluate import evaluate
+    from bounds import certify, reproduce
+    from bounds.pipeline import distributed
+    from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
+    from bounds.tasks.classification.evaluate import evaluate
 
     launched = "WORLD_SIZE" in os.environ
     initialized = []
@@ -242,16 +248,15 @@ def main(model_path: str, out_dir: str) -> None:
         grid=GRID,
         qat_epochs=QAT_EPOCHS,
         batch_size=BATCH_SIZE,
-        architecture=f"bounds.architectures:mnist1d_cnn:width={WIDTH}",
+        architecture=f"bounds.models.architectures:mnist1d_cnn:width={WIDTH}",
     )
     claim = json.loads(certificate.to_json())
     reproduction = reproduce(
         certificate.code.to_bytes(),
         mnist1d_model(None),
         train,
-        certificate=claim,
-        batch_size=BATCH_SIZE,
-        architecture=f"bounds.architectures:mnist1d_cnn:width={WIDTH}",
+        certificate=claim,  # the task and its batch size come from the certificate
+        architecture=f"bounds.models.architectures:mnist1d_cnn:width={WIDTH}",
     )
     language = certify_language_model()
     everyone = [checks]
@@ -272,7 +277,7 @@ def main(model_path: str, out_dir: str) -> None:
                 },
                 "certificate": claim,
                 "reproduction": {
-                    "errors": reproduction.errors,
+                    "errors": reproduction.summary["errors"],
                     "code_sha256": reproduction.code_sha256,
                     "mismatches": reproduction.mismatches,
                 },

@@ -18,7 +18,7 @@ from adversary import Memorizer, memorize, memorizer, peeking_lm, random_labels
 from conftest import run_cli
 
 import bounds
-from bounds.tokens import save_tokens
+from bounds.tasks.language.tokens import save_tokens
 from quantize import Subspace
 
 N, M = 1000, 300
@@ -70,10 +70,14 @@ def assert_refused(status: int, err: str, *phrases: str) -> None:
 
 def assert_bounded(certificate: dict) -> None:
     """The certified bound is not below the held-out error (true error 0.9)."""
-    test_error = certificate["test"]["errors"] / certificate["test"]["m"]
+    held_out = certificate["test"]["summary"]
+    test_error = held_out["errors"] / held_out["n"]
+    assert held_out["n"] == M and held_out["losses"] == {"error": test_error}
     assert test_error > 0.8  # the memorizer does not generalize
-    for bound in certificate["bounds"]:
+    assert list(certificate["bounds"]) == ["error"] and certificate["bounds"]["error"]
+    for bound in certificate["bounds"]["error"].values():
         assert bound["value"] >= test_error, bound
+    assert certificate["test"]["bounds"]["error"]["value"] >= test_error
 
 
 def test_the_memorizer_memorizes(data):
@@ -93,7 +97,7 @@ def test_a_state_dict_carries_only_what_is_coded(place, data, tmp_path, capsys):
     assert status in (0, None), err
     assert_bounded(certificate)
     if place == "nonpersistent":  # the memory is not in the file: the decoded model is empty
-        assert certificate["train"]["quantized_error_rate"] > 0.8
+        assert certificate["train"]["decoded"]["losses"]["error"] > 0.8
     else:  # the memory is coded, and K pays for it
         assert certificate["code"]["bits"] > N * 10
 
@@ -190,9 +194,9 @@ def test_the_library_builds_the_decoded_model_from_the_architecture(data):
         grid=[{"levels": 4}],
         architecture=lambda: memorizer(N, "attribute"),
     )
-    assert certificate.train.float_errors == 0  # the trained object memorizes ...
-    assert certificate.train.quantized_error_rate > 0.8  # ... the decoded one has no memory
-    assert certificate.best.value >= certificate.test.error_rate
+    assert certificate.train["float"]["errors"] == 0  # the trained object memorizes ...
+    assert certificate.train["decoded"]["losses"]["error"] > 0.8  # ... the decoded one has none
+    assert certificate.best.value >= certificate.test["summary"]["losses"]["error"]
     with pytest.raises(ValueError, match="instead of a new one"):
         bounds.certify(model, train, grid=[{"levels": 4}], architecture=lambda: model)
 
@@ -247,7 +251,7 @@ def test_a_language_model_that_reads_ahead_is_refused(tokens, tmp_path, capsys):
 
 
 def test_a_hugging_face_directory_is_rebuilt_from_its_config(tokens, tmp_path, capsys):
-    from bounds.hf import causal_lm
+    from bounds.models.hf import causal_lm
 
     directory = tmp_path / "tiny"
     causal_lm("gpt2", seed=0, **TINY_GPT2).save_pretrained(directory)
@@ -304,16 +308,17 @@ def test_verify_rejects_a_certificate_the_word_does_not_support(honest, data, tm
     assert status in (0, None), err
     # A certificate claiming the trained memorizer's errors (none) for this word.
     forged = json.loads(cert.read_text())
-    forged["train"]["quantized_errors"] = 0
-    for row in forged["bounds"]:
+    forged["train"]["decoded"]["errors"] = 0
+    forged["train"]["decoded"]["losses"]["error"] = 0.0
+    for method, row in forged["bounds"]["error"].items():
         row["value"] = bounds.occam_bound(
-            N, forged["code"]["bits"], 0.05, errors=0, method=row["method"]
+            N, forged["code"]["bits"], 0.05, errors=0, method=method
         ).value
     (tmp_path / "forged.json").write_text(json.dumps(forged))
     status, _, err = run_cli(
         capsys, "verify", code, "--certificate", tmp_path / "forged.json", *common
     )
-    assert status == 1 and "training errors" in err
+    assert status == 1 and "mismatch: decoded errors:" in err
     # Another word under the same certificate.
     word = bytearray(code.read_bytes())
     word[-1] ^= 0x01

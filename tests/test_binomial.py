@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import beta, binom
 
 from bounds import InvalidInput, binom_tail_inv, log_binom_cdf
-from bounds.binomial import _BoundedLogTail
+from bounds.formulas.binomial import _BoundedLogTail
 
 MP_DIGITS = 40
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import lm_eval
-from bounds.architectures import byte_transformer
-from bounds.lm_eval import check_causal, evaluate_lm
-from bounds.tokens import TokenCorpus, token_windows
+from bounds.models.architectures import byte_transformer
+from bounds.tasks.language import evaluate as lm_eval
+from bounds.tasks.language.evaluate import check_causal, evaluate_lm
+from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 VOCAB = 11
 CONTEXT = 16

@@ -31,19 +31,32 @@ def computed(small_model, tmp_path_factory):
 def test_json_numbers_match_the_library(computed):
     cert_path, code_path = computed
     cert = json.loads(cert_path.read_text())
-    assert cert["schema_version"] == 1
-    n, bits, errors = cert["train"]["n"], cert["code"]["bits"], cert["train"]["quantized_errors"]
+    assert cert["schema_version"] == 2
+    assert cert["task"] == {
+        "name": "classify",
+        "settings": {"methods": ["binomial", "kl", "catoni"], "batch_size": 1024},
+    }
+    assert cert["headline"] == {"loss": "error", "method": "binomial"}
+    n, bits, errors = cert["data"]["n"], cert["code"]["bits"], cert["train"]["decoded"]["errors"]
     assert n == 1500
+    assert cert["train"]["decoded"]["n"] == cert["train"]["float"]["n"] == n
+    assert cert["train"]["decoded"]["losses"] == {"error": errors / n}
     assert cert["code"]["bits"] == sum(cert["code"]["breakdown"].values())
     assert len(code_path.read_bytes()) == math.ceil(bits / 8)
-    for row in cert["bounds"]:
-        expected = bounds.occam_bound(n, bits, cert["delta"], errors=errors, method=row["method"])
+    assert list(cert["bounds"]) == ["error"]
+    assert list(cert["bounds"]["error"]) == ["binomial", "kl", "catoni"]
+    for method, row in cert["bounds"]["error"].items():
+        expected = bounds.occam_bound(n, bits, cert["delta"], errors=errors, method=method)
+        assert row["method"] == method
         assert row["value"] == expected.value
     # 2 levels × 2 schemes × 2 groupings = 8 candidates: exactly 3 bits of the word.
     assert cert["grid"]["size"] == 8 and cert["code"]["breakdown"]["config_choice"] == 3
     test = cert["test"]
-    assert test["m"] == 300
-    assert test["bound"]["value"] == bounds.test_set_bound(300, test["errors"], 0.05).value
+    assert test["summary"]["n"] == 300
+    assert test["summary"]["losses"] == {"error": test["summary"]["errors"] / 300}
+    expected = bounds.test_set_bound(300, test["summary"]["errors"], 0.05)
+    assert list(test["bounds"]) == ["error"]
+    assert test["bounds"]["error"]["value"] == expected.value
     # The chosen candidate has the smallest binomial bound; a skipped candidate's bound
     # with zero errors was already no better than that.
     evaluated = [c for c in cert["candidates"] if c["bound"] is not None]
@@ -76,22 +89,26 @@ def test_verify_rejects_a_tampered_code(computed, tmp_path, capsys):
 def test_verify_rejects_a_tampered_certificate(computed, tmp_path, capsys):
     cert, code = computed
     claimed = json.loads(cert.read_text())
-    claimed["bounds"][0]["value"] -= 0.01
+    claimed["bounds"]["error"]["binomial"]["value"] -= 0.01
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(claimed))
     status, _, err = run_cli(capsys, "verify", code, "--arch", SMALL_ARCH, "--data", SMALL_DATA,
                          "--certificate", forged, "-q")  # fmt: skip
     assert status == 1
-    assert "mismatch: binomial bound" in err
+    assert "mismatch: error binomial bound" in err
 
 
 def test_markdown_and_latex_formats(small_model, capsys):
     base = ["compute", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "--levels", "8",
             "--schemes", "kmeans", "-q"]  # fmt: skip
     status, out, _ = run_cli(capsys, *base, "--format", "markdown")
-    assert status == 0 and "| binomial bound |" in out
+    assert status == 0
+    assert "| loss | float train | decoded train | binomial | kl | catoni |" in out
+    assert any(line.startswith("| error | ") for line in out.splitlines())
     status, out, _ = run_cli(capsys, *base, "--format", "latex")
-    assert status == 0 and r"\begin{tabular}" in out and "binomial bound" in out
+    assert status == 0 and r"\begin{tabular}" in out
+    assert r"loss & float train & decoded train & binomial & kl & catoni \\" in out
+    assert any(line.startswith("error & ") for line in out.splitlines())
 
 
 def _npz(path, x, y):
@@ -120,7 +137,7 @@ def bad_inputs(small_model, tmp_path):
         "not torch": (["compute", junk], "not a readable PyTorch file"),
         "pickle": (["compute", pickled], "--trust-pickle"),
         "architecture": (
-            ["compute", small_model, "--arch", "bounds.architectures:mnist1d_cnn"],
+            ["compute", small_model, "--arch", "bounds.models.architectures:mnist1d_cnn"],
             "does not fit the architecture",
         ),  # fmt: skip
         "data shape": ([*model, "--data", wrong_shape], "rejects inputs of shape"),
@@ -152,7 +169,7 @@ def test_bad_input_is_one_line_and_exit_2(case, small_model, tmp_path, capsys):
 def _model_files(tmp_path):
     from safetensors.torch import save_file
 
-    from bounds.architectures import mnist1d_cnn
+    from bounds.models.architectures import mnist1d_cnn
     from quantize import Subspace
 
     torch.manual_seed(1)
@@ -160,7 +177,7 @@ def _model_files(tmp_path):
     torch.jit.script(model).save(tmp_path / "scripted.pt")
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     torch.save(model, tmp_path / "pickled.pt")
-    metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": 4}}
+    metadata = {"arch": "bounds.models.architectures:mnist1d_cnn", "arch_kwargs": {"width": 4}}
     torch.manual_seed(2)  # θ0 is the architecture's initialization under init_seed 2
     network = mnist1d_cnn(width=4)
     Subspace(network, 40, seed=0, init_seed=2, metadata=metadata).save(tmp_path / "subspace.pt")
@@ -173,12 +190,12 @@ def _model_files(tmp_path):
         ("scripted.pt", ["--code-file"], "torchscript:", "decoder"),
         (
             "weights.safetensors",
-            ["--arch", "bounds.architectures:mnist1d_cnn:width=4"],
-            "bounds.architectures:mnist1d_cnn:width=4",
+            ["--arch", "bounds.models.architectures:mnist1d_cnn:width=4"],
+            "bounds.models.architectures:mnist1d_cnn:width=4",
             "none",
         ),  # fmt: skip
         ("pickled.pt", ["--trust-pickle", "--code-file"], "Sequential", "decoder"),
-        ("subspace.pt", [], "bounds.architectures:mnist1d_cnn:width=4", "subspace"),
+        ("subspace.pt", [], "bounds.models.architectures:mnist1d_cnn:width=4", "subspace"),
     ],
 )
 def test_every_model_kind_loads(file, extra, architecture, prior_kind, tmp_path, capsys):

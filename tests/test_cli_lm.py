@@ -9,17 +9,19 @@ import pytest
 import torch
 from conftest import run_cli
 
-from bounds.architectures import byte_transformer
-from bounds.lm_pipeline import certify_lm
-from bounds.text_corpus import stdlib_corpus
-from bounds.tokens import load_tokens, save_tokens
+from bounds.models.architectures import byte_transformer
+from bounds.pipeline.certify import certify_lm
+from bounds.tasks.language.stdlib import stdlib_corpus
+from bounds.tasks.language.tokens import load_tokens, save_tokens
 from quantize import Code, product_grid
 from quantize.opaque import OpaqueCode
 
 VOCAB = 20
 SHAPE = dict(context=32, width=16, depth=1, heads=2)
-ARCH = "bounds.architectures:byte_transformer:vocab_size=20,context=32,width=16,depth=1,heads=2"
-BYTE_ARCH = "bounds.architectures:byte_transformer:context=32,width=16,depth=1,heads=2"
+ARCH = (
+    "bounds.models.architectures:byte_transformer:vocab_size=20,context=32,width=16,depth=1,heads=2"
+)
+BYTE_ARCH = "bounds.models.architectures:byte_transformer:context=32,width=16,depth=1,heads=2"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,10 +91,12 @@ def test_compute_gives_the_library_certificate(files, computed, capsys):
         architecture=ARCH,
     )
     library = json.loads(expected.to_json())
-    for key in ("corpus", "train", "code", "bounds", "candidates", "prior", "grid", "claim"):
+    keys = ("task", "data", "train", "code", "bounds", "candidates", "prior", "grid", "claim")
+    for key in keys:
         assert cert[key] == library[key], key
-    assert cert["corpus"]["documents"] == 40
-    assert cert["corpus"]["scored_tokens"] == sum(len(d) - 1 for d in files["documents"])
+    assert cert["task"]["settings"]["top_k"] == [1, 5]
+    assert cert["data"]["documents"] == 40
+    assert cert["data"]["scored_tokens"] == sum(len(d) - 1 for d in files["documents"])
     assert set(cert["bounds"]) == {"bits", "top1", "top5"}
     assert cert["code"]["bits"] == sum(cert["code"]["breakdown"].values())
     assert code_path.read_bytes() == expected.code.to_bytes()
@@ -156,7 +160,7 @@ def test_bin_stream_with_uint32_ids_and_an_end_of_document_id(files, tmp_path, c
             "--context", "32", "--levels", "8", "-q", "--format", "json"]  # fmt: skip
     status, out, err = run_cli(capsys, *argv)
     assert status == 0, err
-    corpus = json.loads(out)["corpus"]
+    corpus = json.loads(out)["data"]
     assert corpus["documents"] == 25
     # The end-of-document id is each document's last token, and predicting it is scored.
     assert corpus["scored_tokens"] == sum(len(part) - 1 for part in parts)
@@ -174,10 +178,10 @@ def test_stdlib_corpus_with_a_held_out_split(tmp_path, capsys):
     assert status == 0, err
     cert = json.loads(out)
     train, test = stdlib_corpus(max_file_bytes=150), stdlib_corpus("test", max_file_bytes=150)
-    assert cert["corpus"]["source"] == train.source
-    assert cert["corpus"]["documents"] == train.num_documents
-    assert cert["corpus"]["scored_tokens"] == train.scored_tokens
-    assert cert["corpus"]["vocab_size"] == 257
+    assert cert["data"]["source"] == train.source
+    assert cert["data"]["documents"] == train.num_documents
+    assert cert["data"]["scored_tokens"] == train.scored_tokens
+    assert cert["data"]["vocab_size"] == 257
     assert cert["test"]["summary"]["tokens"] == test.scored_tokens
     assert cert["test"]["summary"]["documents"] == test.num_documents
     assert set(cert["test"]["bounds"]) == {"bits", "top1"}
@@ -186,7 +190,7 @@ def test_stdlib_corpus_with_a_held_out_split(tmp_path, capsys):
 LOADER = '''
 import torch
 
-from bounds.architectures import byte_transformer
+from bounds.models.architectures import byte_transformer
 
 
 def load(path):
@@ -249,7 +253,7 @@ LORA = '''
 import torch
 from torch import nn
 
-from bounds.architectures import byte_transformer
+from bounds.models.architectures import byte_transformer
 
 
 class LowRankAdapter(nn.Module):

@@ -18,7 +18,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from bounds.evaluate import as_loader, evaluate, evaluate_batches
+from bounds.tasks.classification.evaluate import as_loader, evaluate, evaluate_batches
 
 N = 203
 
@@ -153,7 +153,7 @@ MODULE = """
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bounds.datasets import MNIST1DSpec, mnist1d
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
 
 
 class Noisy(Dataset):

@@ -30,13 +30,15 @@ def test_published_numbers_are_reproduced():
 def test_bring_your_own_model_and_data(tmp_path):
     out = tmp_path / "moons.pt"
     printed = run(EXAMPLES / "bring_your_own.py", "--out", out, "--hidden", "8", cwd=EXAMPLES)
-    assert "binomial bound" in printed
+    assert "| loss | float train | decoded train | binomial | kl | catoni |" in printed
+    assert "(binomial Occam bound, K = " in printed
     argv = ["-m", "cli", "compute", out, "--arch", "my_project:make_model:hidden=8",
             "--data", "my_project:training_data", "--test-data", "my_project:test_data",
             "--levels", "8,16", "--format", "json", "-q"]  # fmt: skip
     certificate = json.loads(run(*argv, cwd=EXAMPLES))
-    assert certificate["train"]["n"] == 5000 and certificate["test"]["m"] == 2000
-    assert 0 < certificate["bounds"][0]["value"] < 1
+    assert certificate["data"]["n"] == 5000 and certificate["test"]["summary"]["n"] == 2000
+    assert certificate["headline"] == {"loss": "error", "method": "binomial"}
+    assert 0 < certificate["bounds"]["error"]["binomial"]["value"] < 1
 
 
 def test_width_sweep_through_the_library(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from bounds.hf import causal_lm, is_model_directory, load_directory
-from bounds.lm_eval import evaluate_lm
-from bounds.tokens import TokenCorpus, save_tokens
+from bounds.models.hf import causal_lm, is_model_directory, load_directory
+from bounds.tasks.language.evaluate import evaluate_lm
+from bounds.tasks.language.tokens import TokenCorpus, save_tokens
 
 TINY_GPT2 = {"vocab_size": 61, "n_positions": 32, "n_embd": 16, "n_layer": 1, "n_head": 2}
 
@@ -52,7 +52,7 @@ def test_local_directory_is_certified_from_the_command_line(tmp_path, capsys):
     assert status in (0, None), err
     certificate = json.loads(out)
     assert certificate["architecture"] == "hf:gpt2"  # rebuilt from the directory's config
-    assert certificate["corpus"]["scored_tokens"] == sum(len(d) - 1 for d in documents)
+    assert certificate["data"]["scored_tokens"] == sum(len(d) - 1 for d in documents)
     assert certificate["code"]["bits"] > 0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bounds import occam_bound
-from bounds.lm_bounds import (
+from bounds.formulas.corpus import (
     LM_METHODS,
     SUBSAMPLE_SHARE,
     DocumentLosses,
@@ -18,15 +18,15 @@ from bounds.lm_bounds import (
     loss_bounds,
     smoothed_bounds,
 )
-from bounds.lm_pipeline import plan_evaluation
-from bounds.sequence import (
+from bounds.formulas.sequence import (
     azuma_bound,
     bernstein_bound,
     smoothed_log_loss,
     smoothed_loss_range,
     subsample_upper,
 )
-from bounds.tokens import TokenCorpus
+from bounds.tasks.language.task import plan_evaluation
+from bounds.tasks.language.tokens import TokenCorpus
 
 DELTA = 0.05
 CODE_BITS = 700.0

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bounds import lm_eval
-from bounds.architectures import byte_transformer
-from bounds.lm_eval import SUMMED_FIELDS, evaluate_lm
-from bounds.tokens import TokenCorpus
+from bounds.models.architectures import byte_transformer
+from bounds.tasks.language import evaluate as lm_eval
+from bounds.tasks.language.evaluate import SUMMED_FIELDS, evaluate_lm
+from bounds.tasks.language.tokens import TokenCorpus
 
 VOCAB = 11
 ALPHAS = (0.5, 0.01, 1e-6)

@@ -1,4 +1,4 @@
-"""certify_lm and reproduce_lm on a tiny trained transformer, checked against an independent
+"""certify_lm and reproduce on a tiny trained transformer, checked against an independent
 evaluation of the decoded model."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from bounds import occam_bound
-from bounds.architectures import byte_transformer
-from bounds.lm_bounds import Sampling
-from bounds.lm_eval import evaluate_lm
-from bounds.lm_pipeline import all_bounds, certify_lm, plan_evaluation, reproduce_lm, summarize
-from bounds.lm_training import train_language_model
-from bounds.sequence import DEFAULT_ALPHA_GRID, bernstein_bound, smoothed_loss_range
-from bounds.tokens import TokenCorpus
+from bounds.formulas.corpus import Sampling
+from bounds.formulas.sequence import DEFAULT_ALPHA_GRID, bernstein_bound, smoothed_loss_range
+from bounds.models.architectures import byte_transformer
+from bounds.models.training import train_language_model
+from bounds.pipeline.certify import certify_lm, reproduce
+from bounds.tasks.language.evaluate import evaluate_lm
+from bounds.tasks.language.task import LanguageModelling, all_bounds, plan_evaluation
+from bounds.tasks.language.tokens import TokenCorpus
 from quantize import Code, CodeError, NoPrior
 from quantize.base import FineTuned
 from quantize.bitio import delta_bits
@@ -89,6 +90,12 @@ def certificate(model, corpora):
     )
 
 
+def summarize(evaluation) -> dict:
+    """The token-weighted summary a certificate states, for the default α grid and TOP_K."""
+    task = LanguageModelling(context=CONTEXT, stride=STRIDE, alphas=DEFAULT_ALPHA_GRID, top_k=TOP_K)
+    return task.summary(evaluation)
+
+
 def evaluate(network, corpus):
     return evaluate_lm(
         network, corpus, context=CONTEXT, stride=STRIDE, alphas=DEFAULT_ALPHA_GRID, top_k=TOP_K
@@ -130,10 +137,11 @@ def test_bounds_equal_a_recomputation_from_the_decoded_word(certificate, model, 
     )
     assert set(certificate.bounds) == {"bits", "top1", "top3"}
     assert certificate.bounds == expected  # every Bound field, exactly
-    assert certificate.train_quantized == summarize(evaluation, DEFAULT_ALPHA_GRID, TOP_K)
-    assert certificate.train_float == summarize(evaluate(model, train), DEFAULT_ALPHA_GRID, TOP_K)
-    assert certificate.corpus["documents"] == 40
-    assert certificate.corpus["scored_tokens"] == train.scored_tokens
+    assert certificate.train["decoded"] == summarize(evaluation)
+    assert certificate.train["float"] == summarize(evaluate(model, train))
+    assert certificate.data["documents"] == 40
+    assert certificate.data["scored_tokens"] == train.scored_tokens
+    assert certificate.headline == ("bits", "token_bernstein")
     assert certificate.best is certificate.bounds["bits"]["token_bernstein"]
 
 
@@ -146,6 +154,7 @@ def test_the_chosen_candidate_has_the_smallest_bound(certificate, corpora):
     assert best["config"] == certificate.code_config
     assert best["bits"] == certificate.code_bits
     assert best["bound"] == certificate.best.value
+    assert best["losses"] == certificate.train["decoded"]["losses"]
     # A skipped candidate could not have won: with the least loss on every token and no
     # forecast error at all, its bound is already no better than the best evaluated one.
     m, alphas = train.scored_tokens, DEFAULT_ALPHA_GRID
@@ -187,7 +196,7 @@ def test_test_corpus_adds_held_out_bounds(certificate, model, corpora):
         assert held_out[loss].value == expected.value
         assert held_out[loss].n == n
     summary = certificate.test["summary"]
-    assert summary.tokens == test.scored_tokens and summary.documents == n
+    assert summary["tokens"] == test.scored_tokens and summary["documents"] == n
 
 
 def test_subsample_mode_reports_its_sample(model, corpora):
@@ -218,9 +227,9 @@ def test_subsample_mode_reports_its_sample(model, corpora):
         DELTA,
     )
     assert sampled.bounds == expected
-    assert sampled.corpus["subsample"] == 12 and sampled.corpus["subsample_seed"] == 3
-    assert sampled.corpus["scored_tokens"] == train.scored_tokens  # the claim is about all m
-    assert sampled.train_quantized.documents == len(distinct)
+    assert sampled.task_settings["subsample"] == 12 and sampled.task_settings["seed"] == 3
+    assert sampled.data["scored_tokens"] == train.scored_tokens  # the claim is about all m
+    assert sampled.train["decoded"]["documents"] == len(distinct)
     for by_method in sampled.bounds.values():
         for bound in by_method.values():
             assert bound.terms["sample_size"] == 12
@@ -232,18 +241,29 @@ def test_subsample_mode_reports_its_sample(model, corpora):
 
 def test_renders_json_markdown_and_latex(certificate):
     data = json.loads(certificate.to_json())
-    assert data["task"] == "lm" and data["schema_version"] == 1
+    assert data["task"]["name"] == "lm" and data["schema_version"] == 2
+    assert data["headline"] == {"loss": "bits", "method": "token_bernstein"}
     assert data["code"]["bits"] == certificate.code_bits
     assert data["bounds"]["bits"]["token_bernstein"]["value"] == certificate.best.value
-    assert data["corpus"]["batch_size"] == 8
+    assert data["task"]["settings"] == {
+        "context": CONTEXT,
+        "stride": STRIDE,
+        "alphas": list(DEFAULT_ALPHA_GRID),
+        "top_k": list(TOP_K),
+        "subsample": None,
+        "seed": 0,
+        "batch_size": 8,
+    }
     assert data["test"]["bounds"]["top1"]["value"] == certificate.test["bounds"]["top1"].value
-    top3 = certificate.train_quantized.top_k_error[3]
-    assert data["train"]["quantized"]["top_k_error"]["3"] == top3
+    top3 = certificate.train["decoded"]["top_k_error"]["3"]
+    assert data["train"]["decoded"]["top_k_error"]["3"] == top3
+    assert data["train"]["decoded"]["losses"]["top3"] == top3
+    assert certificate.train_loss("decoded", "top3") == top3
     markdown = certificate.to_markdown()
     assert f"{certificate.best.value:.4f} bits per token" in markdown
     assert "| top-3 error |" in markdown
     latex = certificate.to_latex()
-    assert latex.count(r"\begin{tabular}") == 2 and "token Bernstein" in latex
+    assert latex.count(r"\begin{tabular}") == 2 and r"token\_bernstein" in latex
 
 
 def test_opaque_word_is_the_file(model, corpora, tmp_path):
@@ -277,9 +297,9 @@ def test_opaque_word_is_the_file(model, corpora, tmp_path):
 
     claim = json.loads(result.to_json())
     word = result.code.to_bytes()
-    check = reproduce_lm(word, None, train, certificate=claim, prior=prior, load_opaque=load)
+    check = reproduce(word, None, train, certificate=claim, prior=prior, load_opaque=load)
     assert check.mismatches == []
-    other = reproduce_lm(word, None, train, certificate=claim, prior={}, load_opaque=load)
+    other = reproduce(word, None, train, certificate=claim, prior={}, load_opaque=load)
     assert other.mismatches == [f"prior fingerprint: certificate says {'f' * 64}, recomputed None"]
 
 
@@ -344,7 +364,7 @@ def test_fine_tuned_model_codes_only_the_adapter(corpora):
     assert result.bounds == expected
     fresh = FineTuned(LowRankAdapter(copy.deepcopy(base)), base_state)
     claim = json.loads(result.to_json())
-    check = reproduce_lm(word, fresh, train, certificate=claim, architecture=architecture)
+    check = reproduce(word, fresh, train, certificate=claim, architecture=architecture)
     assert check.mismatches == []
 
 
@@ -353,35 +373,48 @@ def test_reproduce_confirms_and_lists_mismatches(certificate, model, corpora):
     claim = json.loads(certificate.to_json())
     word = certificate.code.to_bytes()
     skeleton = byte_transformer(VOCAB, context=CONTEXT, width=16, depth=1, heads=2, seed=5)
-    result = reproduce_lm(word, skeleton, train, certificate=claim)
+    result = reproduce(word, skeleton, train, certificate=claim)
     assert result.mismatches == [] and result.report[-1] == "certificate: verified"
     assert result.code_bits == certificate.code_bits
     assert result.bounds == certificate.bounds
 
     forged = copy.deepcopy(claim)
     forged["bounds"]["top1"]["token_azuma"]["value"] -= 0.01
-    forged["train"]["quantized"]["bits"] = 1.0
-    result = reproduce_lm(word, skeleton, train, certificate=forged)
+    forged["train"]["decoded"]["losses"]["bits"] = 1.0
+    forged["train"]["decoded"]["tokens"] += 1
+    result = reproduce(word, skeleton, train, certificate=forged)
     assert [line.split(":")[0] for line in result.mismatches] == [
-        "decoded bits per token",
+        "decoded tokens",
+        "decoded losses.bits",
         "top1 token_azuma bound",
     ]
     assert result.report[-1] == "certificate: MISMATCH"
     # The settings are the certificate's: another stride scores other windows.
     restrided = copy.deepcopy(claim)
-    restrided["corpus"]["stride"] = 4
-    changed = reproduce_lm(word, skeleton, train, certificate=restrided)
-    assert "decoded bits per token" in " ".join(changed.mismatches)
+    restrided["task"]["settings"]["stride"] = 4
+    changed = reproduce(word, skeleton, train, certificate=restrided)
+    assert "decoded bits:" in " ".join(changed.mismatches)
 
     corrupted = bytearray(word)
     corrupted[len(corrupted) // 2] ^= 0x10
     with pytest.raises(CodeError):
-        reproduce_lm(bytes(corrupted), skeleton, train, certificate=claim)
-    with pytest.raises(ValueError, match="not a language-model certificate"):
-        reproduce_lm(word, skeleton, train, certificate={"task": "classify"})
-    del forged["corpus"]["context"]
-    with pytest.raises(ValueError, match="lacks a readable LM setting"):
-        reproduce_lm(word, skeleton, train, certificate=forged)
+        reproduce(bytes(corrupted), skeleton, train, certificate=claim)
+    # Given the language-modelling task, a certificate of another task is refused, and so
+    # is a schema-1 certificate (its task a bare name, its settings elsewhere).
+    task = LanguageModelling(**claim["task"]["settings"])
+    classifier = copy.deepcopy(claim)
+    classifier["task"]["name"] = "classify"
+    with pytest.raises(ValueError, match="the certificate is for the classify task"):
+        reproduce(word, skeleton, train, certificate=classifier, task=task)
+    with pytest.raises(ValueError, match="lacks a readable task or δ"):
+        reproduce(word, skeleton, train, certificate={"task": "lm", "delta": DELTA})
+    del forged["task"]["settings"]
+    with pytest.raises(ValueError, match="lacks a readable task or δ"):
+        reproduce(word, skeleton, train, certificate=forged)
+    unreadable = copy.deepcopy(claim)
+    unreadable["task"]["settings"]["window"] = CONTEXT
+    with pytest.raises(ValueError, match="lm settings are not readable"):
+        reproduce(word, skeleton, train, certificate=unreadable)
 
 
 def test_reproduce_a_subsampled_certificate(model, corpora):
@@ -391,10 +424,10 @@ def test_reproduce_a_subsampled_certificate(model, corpora):
     )
     claim = json.loads(sampled.to_json())
     skeleton = byte_transformer(VOCAB, context=CONTEXT, width=16, depth=1, heads=2)
-    result = reproduce_lm(sampled.code.to_bytes(), skeleton, train, certificate=claim)
+    result = reproduce(sampled.code.to_bytes(), skeleton, train, certificate=claim)
     assert result.mismatches == []
-    claim["corpus"]["subsample_seed"] = 1  # other draws, other bounds
-    result = reproduce_lm(sampled.code.to_bytes(), skeleton, train, certificate=claim)
+    claim["task"]["settings"]["seed"] = 1  # other draws, other bounds
+    result = reproduce(sampled.code.to_bytes(), skeleton, train, certificate=claim)
     assert any(line.startswith("bits token_bernstein bound") for line in result.mismatches)
 
 

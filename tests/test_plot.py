@@ -1,4 +1,4 @@
-"""`bounds.plot.plot_sweep`: the files it writes and what the two panels show."""
+"""`bounds.reports.plot.plot_sweep`: the files it writes and what the two panels show."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import bounds
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d
-from bounds.plot import plot_sweep
+from bounds.models.architectures import mnist1d_cnn
+from bounds.reports.plot import plot_sweep
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
 
 SPEC = MNIST1DSpec(n=600, m=200, seed=5)
 GRID = [{"levels": 4, "scheme": "kmeans"}]
@@ -73,9 +73,15 @@ def test_lines_carry_the_certificates_numbers(result, tmp_path):
     params = [cert.model_params for cert in certificates]
     bound, quantized, _, test = errors.get_lines()
     assert list(bound.get_xdata()) == params
-    assert list(bound.get_ydata()) == [cert.bounds["binomial"].value for cert in certificates]
-    assert list(quantized.get_ydata()) == [cert.train.quantized_error_rate for cert in certificates]
-    assert list(test.get_ydata()) == [cert.test.error_rate for cert in certificates]
+    assert list(bound.get_ydata()) == [
+        cert.bounds["error"]["binomial"].value for cert in certificates
+    ]
+    assert list(quantized.get_ydata()) == [
+        cert.train["decoded"]["losses"]["error"] for cert in certificates
+    ]
+    assert list(test.get_ydata()) == [
+        cert.test["summary"]["losses"]["error"] for cert in certificates
+    ]
     assert list(bits.get_lines()[0].get_ydata()) == [c.bits_per_param for c in certificates]
     assert list(code_length.get_lines()[0].get_ydata()) == [c.code_bits for c in certificates]
 

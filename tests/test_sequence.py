@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bounds import OCCAM_METHODS, InvalidInput, kl_inv, occam_bound
-from bounds.sequence import (
+from bounds.formulas.sequence import (
     DEFAULT_ALPHA_GRID,
     DEFAULT_LAMBDA_GRID,
     Subsample,

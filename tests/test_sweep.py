@@ -12,15 +12,15 @@ import torch
 from conftest import run_cli
 
 import bounds
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d
-from bounds.model_sweep import SweepResult
+from bounds.models.architectures import mnist1d_cnn
+from bounds.pipeline.sweep import SweepResult
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
 
 DATA = "mnist1d:n=600,m=200,seed=5"
 SPEC = MNIST1DSpec(n=600, m=200, seed=5)
 GRID = [{"levels": 4, "scheme": "kmeans"}]
 WIDTHS = (5, 2, 3)  # deliberately not in size order
-ARCH = "bounds.architectures:mnist1d_cnn:width={}"
+ARCH = "bounds.models.architectures:mnist1d_cnn:width={}"
 
 
 def untrained(width: int) -> torch.nn.Module:
@@ -60,16 +60,22 @@ def test_simultaneous_splits_delta_evenly_over_the_models(joint):
     for row in joint.rows:
         cert = row.certificate
         assert cert.delta == share
-        n, bits, errors = cert.train.n, cert.code_bits, cert.train.quantized_errors
-        assert n == 600
-        for method, bound in cert.bounds.items():
+        n, bits, errors = cert.data["n"], cert.code_bits, cert.train["decoded"]["errors"]
+        assert n == 600 and cert.train["decoded"]["n"] == 600
+        assert list(cert.bounds) == ["error"]
+        assert list(cert.bounds["error"]) == ["binomial", "kl", "catoni"]
+        for method, bound in cert.bounds["error"].items():
             assert bound.delta == share
             assert (
                 bound.value
                 == bounds.occam_bound(n, bits, share, errors=errors, method=method).value
             )
-        assert cert.test.m == 200
-        assert cert.test.bound.value == bounds.test_set_bound(200, cert.test.errors, share).value
+        summary = cert.test["summary"]
+        assert summary["n"] == 200
+        assert (
+            cert.test["bounds"]["error"].value
+            == bounds.test_set_bound(200, summary["errors"], share).value
+        )
     assert "hold simultaneously" in joint.claim and "δ/3" in joint.claim
 
 
@@ -79,9 +85,10 @@ def test_separate_claims_use_the_whole_delta_per_row(separate):
     for row in separate.rows:
         cert = row.certificate
         expected = bounds.occam_bound(
-            cert.train.n, cert.code_bits, 0.05, errors=cert.train.quantized_errors
+            cert.data["n"], cert.code_bits, 0.05, errors=cert.train["decoded"]["errors"]
         )
         assert cert.delta == 0.05 and cert.best.value == expected.value
+        assert cert.best == cert.bounds["error"]["binomial"]
     assert separate.claim.startswith("Each row is a separate claim")
     assert "not claimed to hold simultaneously" in separate.claim
 
@@ -119,9 +126,9 @@ def test_json_has_one_row_per_model_with_its_certificate(joint):
         cert = expected.certificate
         assert row["num_params"] == cert.num_params and row["code_bits"] == cert.code_bits
         assert row["model_params"] == cert.model_params == cert.num_params
-        assert row["quantized_train_error"] == cert.train.quantized_errors / 600
-        assert row["test_error"] == cert.test.errors / 200
-        assert row["bounds"]["binomial"] == cert.bounds["binomial"].value
+        assert row["quantized_train_error"] == cert.train["decoded"]["errors"] / 600
+        assert row["test_error"] == cert.test["summary"]["errors"] / 200
+        assert row["bounds"]["binomial"] == cert.bounds["error"]["binomial"].value
         assert row["certificate"]["delta"] == 0.05 / 3
 
 
@@ -133,7 +140,7 @@ def test_markdown_and_latex_tables(joint):
     body = [line for line in latex.splitlines() if line.startswith("cnn")]
     assert [line.split(" & ")[0] for line in body] == [r"cnn\_w2", r"cnn\_w3", r"cnn\_w5"]
     first = joint.rows[0].certificate
-    assert body[0].split(" & ")[-3] == f"{first.bounds['binomial'].value:.4f}"
+    assert body[0].split(" & ")[-3] == f"{first.bounds['error']['binomial'].value:.4f}"
     assert r"\begin{tabular}{lrrrrrrrrr}" in latex and "booktabs" not in latex
     assert "model & params & K (bits) & bits/param" in latex
     assert "quant. train err & test err & binomial bound & kl bound & catoni bound" in latex
@@ -156,11 +163,11 @@ def test_bad_sweep_input_is_refused_before_any_work(models, kwargs, message):
 
 def test_public_name_is_the_function_and_import_stays_torch_free():
     code = (
-        "import sys, bounds; from bounds.model_sweep import SweepResult; "
+        "import sys, bounds; from bounds.pipeline.sweep import SweepResult; "
         "print(bounds.sweep.__module__, callable(bounds.sweep), 'torch' in sys.modules)"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert output.stdout.split() == ["bounds.model_sweep", "True", "False"], output.stderr
+    assert output.stdout.split() == ["bounds.pipeline.sweep", "True", "False"], output.stderr
 
 
 # --- the command line -------------------------------------------------------------------
@@ -222,7 +229,10 @@ def test_cli_reads_the_architecture_from_checkpoint_metadata(tmp_path, capsys):
     from quantize import Subspace
 
     for width in (2, 4):
-        metadata = {"arch": "bounds.architectures:mnist1d_cnn", "arch_kwargs": {"width": width}}
+        metadata = {
+            "arch": "bounds.models.architectures:mnist1d_cnn",
+            "arch_kwargs": {"width": width},
+        }
         model = Subspace(untrained(width), 10 * width, seed=0, init_seed=width, metadata=metadata)
         model.save(tmp_path / f"sub{width}.pt")
     status, stdout, _ = run_cli(capsys, "sweep", tmp_path / "sub*.pt", *FAST, "--format", "json")

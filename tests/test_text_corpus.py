@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bounds.text_corpus import END_OF_DOCUMENT, stdlib_corpus, stdlib_files
+from bounds.tasks.language.stdlib import END_OF_DOCUMENT, stdlib_corpus, stdlib_files
 
 MAX_BYTES = 600
 

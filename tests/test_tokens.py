@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bounds import tokens as tokens_module
-from bounds.tokens import (
+from bounds.tasks.language import tokens as tokens_module
+from bounds.tasks.language.tokens import (
     TokenCorpus,
     check_vocab,
     load_tokens,

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from bounds.architectures import mnist1d_cnn
-from bounds.datasets import MNIST1DSpec, mnist1d
-from bounds.evaluate import evaluate
-from bounds.training import step_size, train_classifier
+from bounds.models.architectures import mnist1d_cnn
+from bounds.models.training import step_size, train_classifier
+from bounds.tasks.classification.data import MNIST1DSpec, mnist1d
+from bounds.tasks.classification.evaluate import evaluate
 from quantize import Subspace
 
 

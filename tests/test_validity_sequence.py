@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bounds import occam_bound
-from bounds.sequence import (
+from bounds.formulas.sequence import (
     DEFAULT_ALPHA_GRID,
     azuma_bound,
     bernstein_bound,

@@ -1,6 +1,6 @@
 """A sweep: certify a family of models (e.g. growing widths) on the same training data.
 
-Each model is certified by :func:`bounds.pipeline.certify`. Two kinds of claim:
+Each model is certified by :func:`bounds.pipeline.certify.certify`. Two kinds of claim:
 
 - separate (default): every row is its own claim at confidence 1 − δ; the rows are not
   claimed to hold together, so a reader may not pick the best row after looking.
@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .certificate import Certificate
-from .latex import latex_escape
-from .ledger import Ledger
+from bounds.formulas.ledger import Ledger
+from bounds.reports.certificate import Certificate
+from bounds.reports.latex import latex_escape
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,6 +38,11 @@ SCHEMA_VERSION = 1
 
 #: certify() arguments a sweep sets itself; per-model overrides may not touch them.
 _SWEEP_OWNED = ("delta", "test_data")
+
+
+def headline_bounds(certificate: Certificate) -> dict[str, Any]:
+    """The bounds of the certificate's headline loss, by method."""
+    return certificate.bounds[certificate.headline[0]]
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,7 @@ class SweepRow:
 
     @property
     def test_error(self) -> float | None:
-        test = self.certificate.test
-        return None if test is None else test.error_rate
+        return self.certificate.test_loss()
 
     def to_dict(self) -> dict[str, Any]:
         cert = self.certificate
@@ -60,11 +64,11 @@ class SweepRow:
             "num_params": cert.num_params,
             "code_bits": cert.code_bits,
             "bits_per_param": cert.bits_per_param,
-            "float_train_error": cert.train.float_error_rate,
-            "quantized_train_error": cert.train.quantized_error_rate,
+            "float_train_error": cert.train_loss("float"),
+            "quantized_train_error": cert.train_loss("decoded"),
             "test_error": self.test_error,
             "delta": cert.delta,
-            "bounds": {method: bound.value for method, bound in cert.bounds.items()},
+            "bounds": {method: bound.value for method, bound in headline_bounds(cert).items()},
             "certificate": cert.to_dict(),
         }
 
@@ -92,7 +96,7 @@ class SweepResult:
             raise ValueError("delta_shares must name exactly the models of the rows")
         shares = {name: self.delta_shares[name] for name in names}
         object.__setattr__(self, "delta_shares", shares)
-        sizes = {row.certificate.train.n for row in ordered}
+        sizes = {row.certificate.data.get("n") for row in ordered}
         if len(sizes) != 1:
             raise ValueError(
                 f"every row must be certified on the same training data, got n {sizes}"
@@ -112,12 +116,12 @@ class SweepResult:
     @property
     def n(self) -> int:
         """Number of training examples every row is certified on."""
-        return self.rows[0].certificate.train.n
+        return self.rows[0].certificate.data["n"]
 
     @property
     def methods(self) -> list[str]:
         """Every bound method of the rows, in the order they were computed."""
-        return list(dict.fromkeys(m for row in self.rows for m in row.certificate.bounds))
+        return list(dict.fromkeys(m for row in self.rows for m in headline_bounds(row.certificate)))
 
     @property
     def has_test(self) -> bool:
@@ -184,12 +188,13 @@ class SweepResult:
                 f"{cert.model_params:,}",
                 f"{cert.code_bits:,}",
                 f"{cert.bits_per_param:.4g}",
-                f"{cert.train.float_error_rate:.4f}",
-                f"{cert.train.quantized_error_rate:.4f}",
+                f"{cert.train_loss('float'):.4f}",
+                f"{cert.train_loss('decoded'):.4f}",
             ]
             if with_test:
                 line.append("—" if test is None else f"{test:.4f}")
-            line += [f"{cert.bounds[m].value:.4f}" if m in cert.bounds else "—" for m in methods]
+            bounds = headline_bounds(cert)
+            line += [f"{bounds[m].value:.4f}" if m in bounds else "—" for m in methods]
             cells.append(line)
         return header, cells
 
@@ -248,7 +253,7 @@ def sweep(
     certified at δ/M; otherwise each row is certified at δ as a separate claim.
     `progress(i, M, name)` is called before model i (1-based) is certified.
     """
-    from .pipeline import certify
+    from bounds.pipeline.certify import certify
 
     pairs = _named_models(models)
     names = [name for name, _ in pairs]

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .errors import InvalidInput
+from bounds.formulas.errors import InvalidInput
 
 
 def delta(value: float, name: str = "delta") -> float:

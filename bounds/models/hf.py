@@ -3,7 +3,8 @@
 Needs the optional `transformers` package (``pip install -e ".[hf]"``). Nothing is ever
 downloaded: `causal_lm` builds a model from configuration values alone, and `load_directory`
 reads a model saved with ``save_pretrained`` with ``local_files_only=True``. The models map
-token ids [B, T] to an output whose ``.logits`` are [B, T, V], which `bounds.lm_eval` reads.
+token ids [B, T] to an output whose ``.logits`` are [B, T, V], which
+`bounds.tasks.language.evaluate` reads.
 """
 
 from __future__ import annotations

@@ -37,10 +37,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _validate
-from .errors import InvalidInput
-from .kl import kl_inv
-from .result import Bound
+from bounds.formulas import _validate
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.kl import kl_inv
+from bounds.formulas.result import Bound
 
 _LN2 = math.log(2.0)
 
@@ -202,18 +202,8 @@ def azuma_bound(
     m = _validate.count(m, "m", positive=True)
     grid = AZUMA_LAMBDA_GRID
     # λ²/8 per token (Hoeffding's lemma) in place of Bernstein's ψ(λ)(X_t − c_t)².
-    return _martingale_bound(
-        "azuma",
-        mean_loss,
-        m,
-        code_bits,
-        delta,
-        loss_range,
-        choices,
-        grid,
-        grid**2 * m / 8.0,
-        lambda best: {},
-    )
+    observed = (mean_loss, m, code_bits, delta, loss_range, choices)
+    return _martingale_bound("azuma", *observed, grid, grid**2 * m / 8.0, lambda best: {})
 
 
 def check_lambda_grid(lambda_grid) -> np.ndarray:
@@ -312,14 +302,10 @@ def bernstein_bound(
             f"square_sum is a sum of m squares in [0, 1], so at most m = {m}; got {square_sum!r}"
         )
     grid, psi = _grid_with_psi(lambda_grid)
+    observed = (mean_loss, m, code_bits, delta, loss_range, choices)
     return _martingale_bound(
         "bernstein",
-        mean_loss,
-        m,
-        code_bits,
-        delta,
-        loss_range,
-        choices,
+        *observed,
         grid,
         psi * square_sum,
         lambda best: {"square_sum": square_sum, "psi": float(psi[best])},

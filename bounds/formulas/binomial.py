@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import _validate
-from .errors import InvalidInput
-from .kl import kl_inv
+from bounds.formulas import _validate
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.kl import kl_inv
 
 _EPS = float(np.finfo(np.float64).eps)
 _UNIT = _EPS / 2.0  # unit roundoff of one correctly rounded operation

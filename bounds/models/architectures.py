@@ -15,8 +15,9 @@ from torch import nn
 
 
 def declare(network: nn.Module, factory: str, **options: object) -> nn.Module:
-    """Record on `network` the spec ``bounds.architectures:factory:options`` that rebuilds it."""
-    from .architecture import SPEC_ATTRIBUTE
+    """Record on `network` the spec ``bounds.models.architectures:factory:options`` that
+    rebuilds it."""
+    from bounds.pipeline.decoder import SPEC_ATTRIBUTE
 
     text = ",".join(f"{key}={value!r}" for key, value in options.items())
     setattr(network, SPEC_ATTRIBUTE, f"{__name__}:{factory}" + (f":{text}" if text else ""))

@@ -7,7 +7,7 @@ loaded twice (a random augmentation) is refused. The examples are cut into globa
 batch b being examples [b·B, (b+1)·B) for the evaluation batch size B.
 Each batch gives an int64 error count and a float64 cross-entropy sum. Split across ranks
 (`shard=(rank, world)`), a rank evaluates the batches b ≡ rank (mod world) only and leaves
-the other entries zero; `bounds.distributed.sum_disjoint` then combines the ranks' arrays
+the other entries zero; `bounds.pipeline.distributed.sum_disjoint` then combines the ranks' arrays
 exactly, and the totals are taken over all batches in a fixed way (an integer sum, and
 math.fsum, which is correctly rounded). The batches themselves are the same in every run
 with the same B, so a distributed run gives the single-process result bit for bit.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from . import distributed
-from .progress import progress_bar
+from bounds.pipeline import distributed
+from bounds.reports.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def evaluate(
 
     Labels must be integers in [0, C) for a model with C outputs; the model must accept the
     inputs. Each violation raises ValueError naming it. In a process group (see
-    bounds.distributed) each rank evaluates its share of the batches (`shard`, default
+    bounds.pipeline.distributed) each rank evaluates its share of the batches (`shard`, default
     `distributed.shard()`); every rank must hold the same model and data, which is checked,
     and gets the same result, equal to a single process's. Only rank 0 shows progress.
     """

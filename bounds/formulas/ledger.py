@@ -11,8 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import _validate
-from .errors import InvalidInput
+from bounds.formulas import _validate
+from bounds.formulas.errors import InvalidInput
 
 
 @dataclass

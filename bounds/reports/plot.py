@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .certificate import Certificate
-    from .model_sweep import SweepResult
+    from bounds.pipeline.sweep import SweepResult
+    from bounds.reports.certificate import Certificate
 
 #: Output formats, chosen by the file suffix.
 PLOT_SUFFIXES = (".png", ".pdf")
@@ -67,13 +67,17 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
     params = [cert.model_params for cert in certificates]
     headline = certificates[0].best.method
     series: list[tuple[str, str, Callable[[Certificate], float | None]]] = [
-        (f"{headline} Occam bound", "o-", lambda cert: cert.bounds[headline].value),
-        ("quantized train error", "s-", lambda cert: cert.train.quantized_error_rate),
-        ("float train error", "^--", lambda cert: cert.train.float_error_rate),
+        (
+            f"{headline} Occam bound",
+            "o-",
+            lambda cert: cert.bounds[cert.headline[0]][headline].value,
+        ),
+        ("quantized train error", "s-", lambda cert: cert.train_loss("decoded")),
+        ("float train error", "^--", lambda cert: cert.train_loss("float")),
         (
             "test error (quantized)",
             "d-",
-            lambda cert: None if cert.test is None else cert.test.error_rate,
+            lambda cert: cert.test_loss(),
         ),
     ]
     with matplotlib.rc_context(_STYLE):
@@ -96,21 +100,22 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
         errors.legend(loc="best", frameon=False)
         errors.grid(True, which="major", alpha=0.3)
 
-        (per_param,) = bits.plot(
-            params,
-            [cert.bits_per_param for cert in certificates],
-            "o-",
-            color="C4",
-            label="bits per parameter (left)",
-        )
         code_length = bits.twinx()
-        (total,) = code_length.plot(
-            params,
-            [cert.code_bits for cert in certificates],
-            "s--",
-            color="C5",
-            label="code length K in bits (right)",
-        )
+        lines = [
+            axis.plot(
+                params, [value(cert) for cert in certificates], style, color=color, label=label
+            )[0]
+            for axis, value, style, color, label in (
+                (bits, lambda cert: cert.bits_per_param, "o-", "C4", "bits per parameter (left)"),
+                (
+                    code_length,
+                    lambda cert: cert.code_bits,
+                    "s--",
+                    "C5",
+                    "code length K in bits (right)",
+                ),
+            )
+        ]
         bits.set_xscale("log")
         # Ticks at the models' sizes: log-axis minor labels of a narrow range overlap.
         bits.xaxis.set_major_locator(FixedLocator(sorted(set(params))))
@@ -122,7 +127,7 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
         code_length.set_ylabel("code length K (bits)")
         # Above the panel: "best" cannot see the twin axis' line and would cover it.
         bits.legend(
-            handles=[per_param, total],
+            handles=lines,
             loc="lower center",
             bbox_to_anchor=(0.5, 1.0),
             ncol=2,

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 
-from . import _validate
-from .binomial import binom_tail_inv
-from .catoni import catoni_minimum, check_beta_grid
-from .errors import InvalidInput
-from .kl import kl_inv
-from .result import Bound
+from bounds.formulas import _validate
+from bounds.formulas.binomial import binom_tail_inv
+from bounds.formulas.catoni import catoni_minimum, check_beta_grid
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.kl import kl_inv
+from bounds.formulas.result import Bound
 
 OCCAM_METHODS = ("binomial", "kl", "hoeffding", "catoni")
 _LN2 = math.log(2.0)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tokens import TokenCorpus
+from bounds.tasks.language.tokens import TokenCorpus
 
 END_OF_DOCUMENT = 256
 VOCAB_SIZE = 257

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-from . import _validate
-from .binomial import binom_tail_inv
-from .errors import InvalidInput
-from .result import Bound
+from bounds.formulas import _validate
+from bounds.formulas.binomial import binom_tail_inv
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.result import Bound
 
 
 def test_set_bound(m: int, errors: int, delta: float = 0.05) -> Bound:

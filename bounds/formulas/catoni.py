@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInput
+from bounds.formulas.errors import InvalidInput
 
 #: The default β grid: 49 quarter-octave steps from 1/64 to 64 (ln 49 ≈ 3.9 nats).
 DEFAULT_BETA_GRID: tuple[float, ...] = tuple(float(b) for b in np.geomspace(1 / 64, 64, 49))

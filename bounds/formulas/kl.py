@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import rel_entr
 
-from . import _validate
-from .errors import InvalidInput
+from bounds.formulas import _validate
+from bounds.formulas.errors import InvalidInput
 
 _EPS = np.finfo(np.float64).eps
 # Rounding in the float64 evaluation of kl moves the computed root by at most a few ulps

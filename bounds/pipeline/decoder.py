@@ -114,7 +114,7 @@ class Architecture:
         if getattr(config, "auto_map", None):
             raise ValueError("the config names modelling code of its own (auto_map); refused")
         text = config.to_json_string(use_diff=False)
-        digest = hashlib.sha256(b"bounds.architecture/1|hf|")
+        digest = hashlib.sha256(b"bounds.pipeline.decoder/1|hf|")
         digest.update(f"transformers {transformers.__version__}|".encode())
         digest.update(text.encode())
 
@@ -127,7 +127,7 @@ class Architecture:
     def _named(
         cls, spec: str, factory: Callable[[], nn.Module], function: Callable[..., Any]
     ) -> Architecture:
-        digest = hashlib.sha256(f"bounds.architecture/1|{spec}|".encode())
+        digest = hashlib.sha256(f"bounds.pipeline.decoder/1|{spec}|".encode())
         source_digest(function, digest)
         return cls(spec, factory, digest.hexdigest())
 

@@ -27,11 +27,11 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import betaln, logsumexp, xlogy
 
-from . import _validate
-from .catoni import catoni_minimum, check_beta_grid
-from .errors import InvalidInput
-from .kl import kl_inv
-from .result import Bound
+from bounds.formulas import _validate
+from bounds.formulas.catoni import catoni_minimum, check_beta_grid
+from bounds.formulas.errors import InvalidInput
+from bounds.formulas.kl import kl_inv
+from bounds.formulas.result import Bound
 
 PAC_BAYES_METHODS = ("kl", "kl_xi", "mcallester", "quad", "lambda", "catoni")
 _XI_CHUNK = 1 << 20

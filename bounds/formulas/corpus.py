@@ -7,12 +7,12 @@ Two risks, stated exactly (each reported bound is its own claim at δ):
   loss mapped to [0, 1]: kl inversion, and the Hoeffding form for comparison; Langford 2005).
 - token level: the bound is on (1/m) Σ_t E[ℓ_t | x_<t], the average over the m training tokens
   of the conditional expected loss of each token given everything before it in the stream
-  (the sequential risk; Azuma and empirical-Bernstein martingale forms, bounds.sequence).
+  (the sequential risk; Azuma and empirical-Bernstein martingale forms, bounds.formulas.sequence).
 
 The smoothed log loss is reported for the best α of the declared grid; every α's claim is
 made at δ/|A| (its `choices` term), so the minimum holds at δ. With a subsample, the sampled
 estimate is first turned into an upper bound on the full-corpus empirical quantity with its
-own δ share (bounds.sequence.subsample_upper), and that upper value enters the bound; every
+own δ share (bounds.formulas.sequence.subsample_upper), and that upper value enters the bound; every
 formula used here is nondecreasing in the empirical risk and in the square sum, so the joint
 claim holds at the sum of the shares (union bound). When the code word was chosen among G
 candidates by their losses on the same draws, each subsample claim is made for all G at once
@@ -29,10 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ledger import Ledger
-from .occam import occam_bound
-from .result import Bound
-from .sequence import azuma_bound, bernstein_bound, smoothed_loss_range, subsample_upper
+from bounds.formulas.ledger import Ledger
+from bounds.formulas.occam import occam_bound
+from bounds.formulas.result import Bound
+from bounds.formulas.sequence import (
+    azuma_bound,
+    bernstein_bound,
+    smoothed_loss_range,
+    subsample_upper,
+)
 
 LM_METHODS = ("document_kl", "document_hoeffding", "token_azuma", "token_bernstein")
 SUBSAMPLE_SHARE = 0.5  # of δ, when the empirical risk is estimated from a subsample
@@ -46,7 +51,7 @@ class DocumentLosses:
     """Per-document sums of one loss over the evaluated documents, with its range.
 
     `sums[d]`: Σ ℓ over the scored tokens of document d; `squares[d]`: Σ (X − c)² of the
-    [0, 1]-scaled loss X and the model's forecast c (bounds.sequence.bernstein_bound);
+    [0, 1]-scaled loss X and the model's forecast c (bounds.formulas.sequence.bernstein_bound);
     `tokens[d]`: scored tokens.
     """
 

@@ -5,7 +5,7 @@ in float64 with p = softmax(z) and vocabulary size V = number of logits:
 - log loss −log₂ p_y;
 - smoothed log loss ℓ_α = −log₂ p̃_y, p̃ = (1 − α) p + α/V, for each α of the grid
   (Lotfi et al. 2024, "Non-vacuous generalization bounds for large language models"), with
-  range [−log₂(1 − α + α/V), log₂(V/α)] (both from `bounds.sequence`);
+  range [−log₂(1 − α + α/V), log₂(V/α)] (both from `bounds.formulas.sequence`);
 - top-k error: 1 iff #{v : z_v > z_y} + #{v < y : z_v = z_y} ≥ k (ties go to the lower index);
 - the model's forecast c of each loss, which depends on the context only: the entropy of p̃
   in bits for ℓ_α, 1 − Σ_{v in top-k} p_v for the top-k error. The evaluation keeps
@@ -35,9 +35,9 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from .progress import progress_bar
-from .sequence import smoothed_log_loss, smoothed_loss_range
-from .tokens import TokenCorpus, token_windows
+from bounds.formulas.sequence import smoothed_log_loss, smoothed_loss_range
+from bounds.reports.progress import progress_bar
+from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 LN2 = math.log(2.0)
 #: Bytes of one float64 [rows, V] work array; the scorer keeps three (and two boolean ones).

@@ -1,0 +1,1 @@
+"""Built-in architectures, Hugging Face causal LMs and the training loops."""

@@ -1,0 +1,1 @@
+"""Reports: the certificate (JSON, Markdown, LaTeX), plots, progress bars."""

@@ -1,0 +1,1 @@
+"""Classification: labelled examples, exact error counts, Occam bounds."""

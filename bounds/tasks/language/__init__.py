@@ -1,0 +1,1 @@
+"""Language modelling: token corpora, causal scoring, token- and document-level bounds."""

@@ -12,7 +12,6 @@ and re-evaluates it through the same task.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import platform
@@ -27,38 +26,15 @@ from bounds.formulas.ledger import Ledger
 from bounds.formulas.result import Bound
 from bounds.formulas.sequence import DEFAULT_ALPHA_GRID
 from bounds.pipeline import distributed
-from bounds.pipeline.decoder import Architecture, Decoder, wrapped_network
+from bounds.pipeline.codes import (
+    CodeFamily,
+    OpaqueFile,
+    ParameterCodes,
+    Scoring,
+    network_parameters,
+)
 from bounds.reports.certificate import Certificate, prior_caveat
-from bounds.reports.progress import progress_bar
 from bounds.tasks import Task, task_named
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of tensor names, dtypes, shapes and bytes: equal digests mean equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in state.items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
-
-
-def network_parameters(model: torch.nn.Module) -> int:
-    """Parameters of the network that is evaluated; for a subspace model, the wrapped one."""
-    return sum(parameter.numel() for parameter in wrapped_network(model).parameters())
-
-
-def describe_prior(prior: Any, architecture: Architecture | None = None) -> dict[str, Any]:
-    """The prior's description and fingerprint, with the architecture the decoder builds."""
-    if prior is None:
-        description = {"kind": "none", "fingerprint": None, "note": "θ0 = 0; layout in the code"}
-    else:
-        description = dict(prior.describe())
-        description["fingerprint"] = prior.fingerprint()
-    if architecture is not None:
-        description["architecture"] = architecture.describe()
-    return description
 
 
 def versions() -> dict[str, str]:
@@ -94,91 +70,12 @@ class Stopwatch:
         return result
 
 
-@dataclass(frozen=True)
-class Choice:
-    """The code word chosen from the grid and what every candidate scored."""
-
-    code: Any
-    candidates: list[dict[str, Any]]
-
-
-def choose_code(
-    model: torch.nn.Module,
-    decoder: Decoder,
-    prior: Any,
-    grid: Sequence[Mapping[str, Any]],
-    score: Callable[[torch.nn.Module], Any],
-    headline: Callable[[int, Any], float],
-    floor: Callable[[int], float],
-    describe: Callable[[Any], dict[str, Any]],
-    *,
-    quiet: bool,
-) -> Choice:
-    """Compress with every configuration of `grid` and keep the smallest headline bound.
-
-    `decoder(state)` builds a candidate's model; `score(decoded_model)` evaluates it;
-    `headline(bits, evaluation)` is its bound; `floor(bits)` is the best bound any
-    evaluation could give with that many bits; `describe(evaluation)` is what the
-    certificate lists of each candidate. The
-    choice is paid for by the grid index in the code word, so any rule is honest; this one is
-    fixed in advance. Candidates come shortest first; one whose floor is no better than the
-    best bound so far cannot win (the bound grows with the loss), so it is not evaluated.
-    Different configurations can decode to the same weights (one tensor coded "global" or
-    "per tensor"); such a candidate reuses the evaluation instead of repeating it.
-    """
-    from quantize import search
-
-    best_so_far = [float("inf")]
-    evaluated: dict[str, Any] = {}
-
-    def evaluate_state(state: Mapping[str, torch.Tensor]) -> Any:
-        digest = state_digest(state)
-        if digest not in evaluated:
-            evaluated[digest] = score(decoder(state))
-        return evaluated[digest]
-
-    def record(candidate) -> None:
-        if candidate.risk is not None:
-            best_so_far[0] = min(best_so_far[0], headline(candidate.bits, candidate.risk))
-        steps.advance()
-
-    with progress_bar("quantization search", len(grid), quiet) as steps:
-        result = search(
-            model,
-            evaluate_state,
-            grid,
-            prior,
-            progress=record,
-            skip=lambda code: floor(code.bits) >= best_so_far[0],
-        )
-    candidates = [
-        {
-            "index": c.index,
-            "config": c.config,
-            "bits": c.bits,
-            "evaluated": c.risk is not None,
-            **({} if c.risk is None else describe(c.risk)),
-            "bound": None if c.risk is None else headline(c.bits, c.risk),
-        }
-        for c in result.candidates
-    ]
-    code = result.best(key=lambda c: (headline(c.bits, c.risk), c.bits)).code
-    return Choice(code, candidates)
-
-
-def decoded_model(decoder: Decoder, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
-    """What the project's decoder makes of the code word's bytes, and those bytes."""
-    from quantize import Code
-
-    word = code.to_bytes()
-    return decoder(Code.from_bytes(word, prior).decode(prior)), word
-
-
 def certify(
     model: torch.nn.Module,
     train_data,
     *,
     task: Task | None = None,
+    code: CodeFamily | None = None,
     prior: Any = None,
     test_data=None,
     delta: float = 0.05,
@@ -192,43 +89,40 @@ def certify(
     opaque: Any = None,
     quiet: bool = True,
 ) -> Certificate:
-    """Certify the generalization of `model` from its compressed size, for any task.
+    """Certify the generalization of `model` from its description length, for any task and
+    any code family.
 
     `task` (default: classification with `methods` and `batch_size`, see
-    `bounds.tasks.classification.task.Classification`) says how the model is evaluated and
-    which bounds are reported. The float model is evaluated on `train_data`; it is
-    compressed with every configuration of `grid` (default: the task's) and each decoded
-    model is evaluated; the word with the smallest headline bound is kept (its grid index is
-    in the word); optionally it is fine-tuned with quantization-aware training for
-    `qat_epochs` (tasks with a `training_loader`); every (loss, method) bound of the decoded
-    model is computed at confidence 1 − δ. With `test_data`, the decoded model's held-out
-    losses get their own test-set bounds (separate claims at δ).
+    `bounds.tasks.classification.task.Classification`) says how a model is evaluated and
+    which bounds are reported; `code` (a `bounds.pipeline.codes.CodeFamily`; default: the
+    parameter codes of `quantize` over `grid`, the task's grid by default, with `prior`,
+    `architecture` and `qat_epochs` fine-tuning; or, with `opaque`, that pre-quantized file)
+    turns the model into a word and decodes it. The float model is evaluated on `train_data`;
+    the family selects a word (each candidate evaluated; the choice among a declared grid is
+    paid for by its index in the word); the model the decoder makes of the word's bytes is
+    evaluated, and every (loss, method) bound is computed at confidence 1 − δ. With
+    `test_data`, the decoded model's held-out losses get their own test-set bounds (separate
+    claims at δ).
 
-    The decoded model is built from `architecture` (a ``module:factory[:key=value,...]``
-    spec or a zero-argument factory; see :class:`bounds.pipeline.decoder.Architecture`;
-    default: what a built-in factory or a Hugging Face config declares) and the decoded
-    tensors, never from the trained object, so nothing the trained model carries outside its
-    coded tensors reaches the bound.
-
-    With `opaque` (a :class:`quantize.opaque.OpaqueCode`), the model is what a declared
-    loader made of a pre-quantized file, and that file is the code word as it is: no search
-    and no fine-tuning; `prior` is then the loader's description (a dict with a fingerprint)
-    and `architecture` only a label.
+    The parameter codes build the decoded model from `architecture` (a
+    ``module:factory[:key=value,...]`` spec or a zero-argument factory; see
+    :class:`bounds.pipeline.decoder.Architecture`; default: what a built-in factory or a
+    Hugging Face config declares) and the decoded tensors, never from the trained object.
+    With `opaque` (a :class:`quantize.opaque.OpaqueCode`), `prior` is the declared loader's
+    description (a dict with a fingerprint) and `architecture` only a label.
     """
-    from quantize import Code, finetune, grid_fingerprint
-    from quantize.compress import coded_state
+    from quantize import grid_fingerprint
 
     Ledger(delta)  # validates δ before any work
     quiet = quiet or not distributed.is_main()
     task = _task(task, methods, batch_size, device, quiet)
-    if opaque is not None and qat_epochs:
-        raise ValueError("an opaque code word is certified as it is; it cannot be fine-tuned")
-    if qat_epochs and not hasattr(task, "training_loader"):
-        raise ValueError(f"quantization-aware fine-tuning is not available for {task.name}")
-    grid = [] if opaque is not None else list(task.default_grid() if grid is None else grid)
-    if opaque is None and not grid:
-        raise ValueError("the search grid is empty: give at least one configuration")
-    data = task.prepare(train_data, len(grid))
+    if code is None:
+        code = _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr)
+    elif any(value for value in (prior, grid, architecture, opaque, qat_epochs)):
+        raise ValueError(
+            "prior, grid, architecture, opaque and qat_epochs belong to the code family"
+        )
+    data = task.prepare(train_data, code.grid_size())
     clock = Stopwatch()
 
     float_eval = clock.time("float_evaluation", lambda: task.evaluate(model, data, "float model"))
@@ -237,62 +131,26 @@ def certify(
         loss, method = task.headline
         return task.bounds(data, evaluation, bits, delta)[loss][method].value
 
-    qat: dict[str, Any] = {"epochs": qat_epochs}
-    if opaque is not None:
-        code, candidates, word, decoded = opaque, [], opaque.to_bytes(), model
-        prior_description = dict(prior)
-        label, evaluated_params = architecture or type(model).__qualname__, model
-    else:
-        decoder = Decoder(model, architecture)
-        _, prior = coded_state(model, prior)
-        prior_description = describe_prior(prior, decoder.architecture)
-        label, evaluated_params = decoder.architecture.spec, decoder.skeleton
-        choice = clock.time(
-            "search",
-            lambda: choose_code(
-                model,
-                decoder,
-                prior,
-                grid,
-                lambda candidate: task.evaluate(candidate, data, "candidate"),
-                headline,
-                lambda bits: task.floor(data, float_eval, bits, delta),
-                lambda evaluation: {"losses": task.summary(evaluation)["losses"]},
-                quiet=quiet,
-            ),
-        )
-        code, candidates = choice.code, choice.candidates
-        if qat_epochs > 0:
-            qat["lr"] = qat_lr
-            tuned = copy.deepcopy(model)
-            loader = task.training_loader(train_data)
-            with progress_bar("quantization-aware fine-tuning", qat_epochs, quiet) as steps:
-                code = clock.time(
-                    "qat",
-                    lambda: finetune(
-                        tuned,
-                        code,
-                        loader,
-                        qat_epochs,
-                        qat_lr,
-                        prior=prior,
-                        progress=lambda epoch, loss: steps.advance(),
-                    ),
-                )
-            if distributed.active():
-                # Every rank fine-tunes alike on CPU, but GPU kernels need not be bitwise
-                # deterministic: all ranks take rank 0's word.
-                word = distributed.broadcast_object(code.to_bytes())
-                code = Code.from_bytes(word, prior).with_config(code.config)
-        # The bound is about what the project's decoder makes of the bytes, so evaluate that.
-        decoded, word = decoded_model(decoder, code, prior)
+    scoring = Scoring(
+        lambda candidate: task.evaluate(candidate, data, "candidate"),
+        headline,
+        lambda bits: task.floor(data, float_eval, bits, delta),
+        lambda evaluation: {"losses": task.summary(evaluation)["losses"]},
+        clock.time,
+        quiet,
+        None if not hasattr(task, "training_loader") else lambda: task.training_loader(train_data),
+    )
+    chosen = code.select(model, scoring)
+    word = chosen.code
 
-    decoded_eval = clock.time("evaluation", lambda: task.evaluate(decoded, data, "decoded model"))
-    bounds = clock.time("bound", lambda: task.bounds(data, decoded_eval, code.bits, delta))
+    decoded_eval = clock.time(
+        "evaluation", lambda: task.evaluate(chosen.decoded, data, "decoded model")
+    )
+    bounds = clock.time("bound", lambda: task.bounds(data, decoded_eval, word.bits, delta))
     test = None
     if test_data is not None:
         test_eval = clock.time(
-            "test_evaluation", lambda: task.evaluate(decoded, test_data, "test set")
+            "test_evaluation", lambda: task.evaluate(chosen.decoded, test_data, "test set")
         )
         test = {
             "summary": task.summary(test_eval),
@@ -303,33 +161,48 @@ def certify(
     return Certificate(
         task=task.name,
         task_settings=task.settings(),
-        claim=task.claim(bounds[loss][method], section, code.bits, delta)
-        + prior_caveat(prior_description),
+        claim=task.claim(bounds[loss][method], section, word.bits, delta)
+        + prior_caveat(chosen.prior),
         data=section,
         train={"float": task.summary(float_eval), "decoded": task.summary(decoded_eval)},
         bounds=bounds,
         headline=task.headline,
         labels=dict(task.labels),
         risks=dict(task.risks),
-        code_bits=code.bits,
-        num_params=network_parameters(model) if opaque is not None else code.num_params,
-        model_params=network_parameters(evaluated_params),
-        code_breakdown=dict(code.breakdown),
-        code_config=opaque_config(code) if opaque is not None else dict(code.config),
-        code_sha256=hashlib.sha256(word).hexdigest(),
-        grid_index=0 if opaque is not None else code.grid_index,
-        grid=grid,
-        grid_fingerprint=grid_fingerprint(grid),
-        candidates=candidates,
-        prior=prior_description,
-        architecture=label,
+        code_bits=word.bits,
+        num_params=getattr(word, "num_params", None) or network_parameters(chosen.network),
+        model_params=network_parameters(chosen.network),
+        code_breakdown=dict(word.breakdown),
+        code_config=dict(getattr(word, "config", None) or opaque_config(word)),
+        code_sha256=hashlib.sha256(chosen.word).hexdigest(),
+        grid_index=getattr(word, "grid_index", 0),
+        grid=chosen.grid,
+        grid_fingerprint=grid_fingerprint(chosen.grid),
+        candidates=chosen.candidates,
+        prior=chosen.prior,
+        architecture=chosen.architecture,
         delta=delta,
         data_rows=rows,
         test=test,
-        qat=qat,
+        qat=chosen.qat,
         timings=clock.seconds,
         versions=versions(),
-        code=code,
+        code=word,
+    )
+
+
+def _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr) -> CodeFamily:
+    """The code family the classic arguments describe: an opaque file, or parameter codes."""
+    if opaque is not None:
+        if qat_epochs:
+            raise ValueError("an opaque code word is certified as it is; it cannot be fine-tuned")
+        return OpaqueFile(prior, code=opaque, architecture=architecture)
+    return ParameterCodes(
+        task.default_grid() if grid is None else grid,
+        prior=prior,
+        architecture=architecture,
+        qat_epochs=qat_epochs,
+        qat_lr=qat_lr,
     )
 
 
@@ -425,6 +298,7 @@ def reproduce(
     delta: float | None = None,
     architecture: Any = None,
     load_opaque: Callable[[bytes], torch.nn.Module] | None = None,
+    code: CodeFamily | None = None,
     device: str = "cpu",
     quiet: bool = True,
 ) -> Reproduction:
@@ -439,37 +313,30 @@ def reproduce(
     raises quantize.CodeError. An opaque word (`bounds compute --code-file`) is the framed
     file: `load_opaque(file bytes)` is its declared decoder and `prior` its description.
     """
-    from quantize import Code
-    from quantize.opaque import OpaqueCode
-
     if certificate is not None:
         task, delta = _claimed_task(certificate, task)
     task = _runtime(_task(task, None, None, device, quiet), device, quiet)
     delta = 0.05 if delta is None else delta
     opaque = certificate is not None and _is_opaque(certificate)
-    if opaque:
-        if load_opaque is None:
-            raise ValueError("the certificate is for an opaque code word: give its loader")
-        code = OpaqueCode.from_bytes(word)
-        decoded = load_opaque(code.contents())
-        prior_description = dict(prior or {})
+    if code is None:
+        family: CodeFamily = (
+            OpaqueFile(prior or {}, load=load_opaque)
+            if opaque
+            else ParameterCodes([{}], prior=prior, architecture=architecture)
+        )
     else:
-        from quantize.compress import coded_state
-
-        decoder = Decoder(model, architecture)
-        _, prior = coded_state(model, prior)
-        code = Code.from_bytes(word, prior)
-        decoded = decoder(code.decode(prior))
-        prior_description = describe_prior(prior, decoder.architecture)
+        family = code
+    decoding = family.decode(word, model)
+    code_word, decoded, prior_description = decoding.code, decoding.decoded, decoding.prior
     grid_size = 1 if certificate is None else int(certificate["grid"]["size"])
     data = task.prepare(train_data, grid_size)
     evaluation = task.evaluate(decoded, data, "decoded model")
-    bounds = task.bounds(data, evaluation, code.bits, delta)
+    bounds = task.bounds(data, evaluation, code_word.bits, delta)
     summary = task.summary(evaluation)
     section, _ = task.describe(data, evaluation)
     sha256 = hashlib.sha256(word).hexdigest()
     report = [
-        f"code word: {code.bits} bits, sha256 {sha256}",
+        f"code word: {code_word.bits} bits, sha256 {sha256}",
         "decoded model: "
         + ", ".join(f"{loss} {value:.6f}" for loss, value in summary["losses"].items()),
     ]
@@ -481,7 +348,7 @@ def reproduce(
     mismatches: list[str] = []
     if certificate is not None:
         found = {
-            "code": {"sha256": sha256, "bits": code.bits},
+            "code": {"sha256": sha256, "bits": code_word.bits},
             "prior": prior_description,
             "data": section,
             "train": {"decoded": summary},
@@ -491,7 +358,7 @@ def reproduce(
             },
         }
         if opaque:
-            found["code"]["config"] = opaque_config(code)
+            found["code"]["config"] = opaque_config(code_word)
         claimed, recomputed = _facts(certificate), _facts(found)
         mismatches = [
             f"{key}: certificate says {claimed.get(key)}, recomputed {value}"
@@ -505,7 +372,7 @@ def reproduce(
         report.append("certificate: " + ("MISMATCH" if mismatches else "verified"))
     return Reproduction(
         summary=summary,
-        code_bits=code.bits,
+        code_bits=code_word.bits,
         code_sha256=sha256,
         bounds=bounds,
         report=report,

@@ -1,0 +1,324 @@
+"""Code families: how a model becomes a code word, and how the decoder turns it back.
+
+A code family plugs into the one certify path (`bounds.pipeline.certify`) through two methods:
+
+- ``select(model, scoring) -> Selection``: the code word to certify, the model the project's
+  decoder makes of its bytes, and what every candidate scored (a family may choose among a
+  declared grid; the index is then in the word, so any selection rule is honest);
+- ``decode(word, model) -> Decoding``: the same decoder, for `bounds.reproduce`.
+
+Built in: `ParameterCodes` (quantized, entropy-coded weights from `quantize`, searched over a
+grid, optionally fine-tuned), `OpaqueFile` (a pre-quantized file is the word as it is) and
+`RequentialCodes` (a student re-trained by the decoder from the teacher's coded selections).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from bounds.pipeline import distributed
+from bounds.pipeline.decoder import Architecture, Decoder, wrapped_network
+from bounds.reports.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What a family's selection may use: `evaluate(model)` on the training data,
+    `headline(bits, evaluation)` its headline bound, `floor(bits)` a value no evaluation beats,
+    `describe(evaluation)` what a candidate lists, `time(stage, work)` the stopwatch, and
+    `training_loader()` (or None) for fine-tuning."""
+
+    evaluate: Callable[[torch.nn.Module], Any]
+    headline: Callable[[int, Any], float]
+    floor: Callable[[int], float]
+    describe: Callable[[Any], dict[str, Any]]
+    time: Callable[[str, Callable[[], Any]], Any]
+    quiet: bool
+    training_loader: Callable[[], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen code word and everything the certificate says about how it was made."""
+
+    code: Any
+    word: bytes
+    decoded: torch.nn.Module
+    candidates: list[dict[str, Any]]
+    grid: list[dict[str, Any]]
+    prior: dict[str, Any]
+    architecture: str
+    network: torch.nn.Module
+    qat: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What the decoder makes of a word: the code, the evaluated model, the prior named."""
+
+    code: Any
+    decoded: torch.nn.Module
+    prior: dict[str, Any]
+
+
+@runtime_checkable
+class CodeFamily(Protocol):
+    """A way to describe a model by a self-delimiting word whose length K is exact."""
+
+    name: str
+
+    def grid_size(self) -> int:
+        """How many code words are chosen among (1 when the family makes one)."""
+        ...
+
+    def select(self, model: torch.nn.Module, scoring: Scoring) -> Selection: ...
+
+    def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding: ...
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of tensor names, dtypes, shapes and bytes: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def network_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the network that is evaluated; for a subspace model, the wrapped one."""
+    return sum(parameter.numel() for parameter in wrapped_network(model).parameters())
+
+
+def describe_prior(prior: Any, architecture: Architecture | None = None) -> dict[str, Any]:
+    """The prior's description and fingerprint, with the architecture the decoder builds."""
+    if prior is None:
+        description = {"kind": "none", "fingerprint": None, "note": "θ0 = 0; layout in the code"}
+    else:
+        description = dict(prior.describe())
+        description["fingerprint"] = prior.fingerprint()
+    if architecture is not None:
+        description["architecture"] = architecture.describe()
+    return description
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The code word chosen from the grid and what every candidate scored."""
+
+    code: Any
+    candidates: list[dict[str, Any]]
+
+
+def choose_code(
+    model: torch.nn.Module,
+    decoder: Decoder,
+    prior: Any,
+    grid: Sequence[Mapping[str, Any]],
+    score: Callable[[torch.nn.Module], Any],
+    headline: Callable[[int, Any], float],
+    floor: Callable[[int], float],
+    describe: Callable[[Any], dict[str, Any]],
+    *,
+    quiet: bool,
+) -> Choice:
+    """Compress with every configuration of `grid` and keep the smallest headline bound.
+
+    `decoder(state)` builds a candidate's model; `score(decoded_model)` evaluates it;
+    `headline(bits, evaluation)` is its bound; `floor(bits)` is the best bound any
+    evaluation could give with that many bits; `describe(evaluation)` is what the
+    certificate lists of each candidate. The
+    choice is paid for by the grid index in the code word, so any rule is honest; this one is
+    fixed in advance. Candidates come shortest first; one whose floor is no better than the
+    best bound so far cannot win (the bound grows with the loss), so it is not evaluated.
+    Different configurations can decode to the same weights (one tensor coded "global" or
+    "per tensor"); such a candidate reuses the evaluation instead of repeating it.
+    """
+    from quantize import search
+
+    best_so_far = [float("inf")]
+    evaluated: dict[str, Any] = {}
+
+    def evaluate_state(state: Mapping[str, torch.Tensor]) -> Any:
+        digest = state_digest(state)
+        if digest not in evaluated:
+            evaluated[digest] = score(decoder(state))
+        return evaluated[digest]
+
+    def record(candidate) -> None:
+        if candidate.risk is not None:
+            best_so_far[0] = min(best_so_far[0], headline(candidate.bits, candidate.risk))
+        steps.advance()
+
+    with progress_bar("quantization search", len(grid), quiet) as steps:
+        result = search(
+            model,
+            evaluate_state,
+            grid,
+            prior,
+            progress=record,
+            skip=lambda code: floor(code.bits) >= best_so_far[0],
+        )
+    candidates = [
+        {
+            "index": c.index,
+            "config": c.config,
+            "bits": c.bits,
+            "evaluated": c.risk is not None,
+            **({} if c.risk is None else describe(c.risk)),
+            "bound": None if c.risk is None else headline(c.bits, c.risk),
+        }
+        for c in result.candidates
+    ]
+    code = result.best(key=lambda c: (headline(c.bits, c.risk), c.bits)).code
+    return Choice(code, candidates)
+
+
+def decoded_model(decoder: Decoder, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
+    """What the project's decoder makes of the code word's bytes, and those bytes."""
+    from quantize import Code
+
+    word = code.to_bytes()
+    return decoder(Code.from_bytes(word, prior).decode(prior)), word
+
+
+class ParameterCodes:
+    """Quantized, entropy-coded weights (`quantize`): every configuration of `grid` is tried
+    (shortest word first, pruned by the floor), the best headline bound is kept, and with
+    `qat_epochs` the chosen configuration is fine-tuned. The decoded model is a fresh
+    skeleton of `architecture` holding the decoded tensors (`bounds.pipeline.decoder`)."""
+
+    name = "parameters"
+
+    def __init__(
+        self,
+        grid: Sequence[Mapping[str, Any]],
+        *,
+        prior: Any = None,
+        architecture: Any = None,
+        qat_epochs: int = 0,
+        qat_lr: float = 1e-4,
+    ) -> None:
+        self.grid = [dict(config) for config in grid]
+        if not self.grid:
+            raise ValueError("the search grid is empty: give at least one configuration")
+        self.prior, self.architecture = prior, architecture
+        self.qat_epochs, self.qat_lr = qat_epochs, qat_lr
+
+    def grid_size(self) -> int:
+        return len(self.grid)
+
+    def select(self, model: torch.nn.Module, scoring: Scoring) -> Selection:
+        from quantize import Code, finetune
+        from quantize.compress import coded_state
+
+        decoder = Decoder(model, self.architecture)
+        _, prior = coded_state(model, self.prior)
+        choice = scoring.time(
+            "search",
+            lambda: choose_code(
+                model,
+                decoder,
+                prior,
+                self.grid,
+                scoring.evaluate,
+                scoring.headline,
+                scoring.floor,
+                scoring.describe,
+                quiet=scoring.quiet,
+            ),
+        )
+        code, qat = choice.code, {"epochs": self.qat_epochs}
+        if self.qat_epochs > 0:
+            if scoring.training_loader is None:
+                raise ValueError("quantization-aware fine-tuning is not available for this task")
+            qat["lr"] = self.qat_lr
+            tuned, loader = copy.deepcopy(model), scoring.training_loader()
+            with progress_bar(
+                "quantization-aware fine-tuning", self.qat_epochs, scoring.quiet
+            ) as steps:
+                code = scoring.time(
+                    "qat",
+                    lambda: finetune(
+                        tuned,
+                        code,
+                        loader,
+                        self.qat_epochs,
+                        self.qat_lr,
+                        prior=prior,
+                        progress=lambda epoch, loss: steps.advance(),
+                    ),
+                )
+            if distributed.active():
+                # Every rank fine-tunes alike on CPU, but GPU kernels need not be bitwise
+                # deterministic: all ranks take rank 0's word.
+                word = distributed.broadcast_object(code.to_bytes())
+                code = Code.from_bytes(word, prior).with_config(code.config)
+        # The bound is about what the project's decoder makes of the bytes, so evaluate that.
+        decoded, word = decoded_model(decoder, code, prior)
+        return Selection(
+            code,
+            word,
+            decoded,
+            choice.candidates,
+            self.grid,
+            describe_prior(prior, decoder.architecture),
+            decoder.architecture.spec,
+            decoder.skeleton,
+            qat,
+        )
+
+    def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding:
+        from quantize import Code
+        from quantize.compress import coded_state
+
+        decoder = Decoder(model, self.architecture)
+        _, prior = coded_state(model, self.prior)
+        code = Code.from_bytes(word, prior)
+        return Decoding(
+            code, decoder(code.decode(prior)), describe_prior(prior, decoder.architecture)
+        )
+
+
+class OpaqueFile:
+    """A pre-quantized file taken as the code word as it is (`quantize.opaque.OpaqueCode`):
+    K = Elias-δ(bytes + 1) + 8·bytes of its zstd frame; the declared loader is the decoder,
+    and `prior` its description (a dict with a fingerprint). `load(file bytes)` decodes."""
+
+    name = "opaque"
+
+    def __init__(
+        self,
+        prior: Mapping[str, Any],
+        *,
+        code: Any = None,
+        load: Callable[[bytes], torch.nn.Module] | None = None,
+        architecture: str | None = None,
+    ) -> None:
+        self.code, self.prior, self.load, self.architecture = code, dict(prior), load, architecture
+
+    def grid_size(self) -> int:
+        return 1
+
+    def select(self, model: torch.nn.Module, scoring: Scoring) -> Selection:
+        if self.code is None:
+            raise ValueError("an opaque code family certifies the word it was given; give it")
+        label = self.architecture or type(model).__qualname__
+        word = self.code.to_bytes()
+        return Selection(self.code, word, model, [], [], self.prior, label, model)
+
+    def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding:
+        from quantize.opaque import OpaqueCode
+
+        if self.load is None:
+            raise ValueError("the certificate is for an opaque code word: give its loader")
+        code = OpaqueCode.from_bytes(word)
+        return Decoding(code, self.load(code.contents()), self.prior)

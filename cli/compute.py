@@ -91,6 +91,12 @@ class Task(str, Enum):
     lm = "lm"
 
 
+class CodeKind(str, Enum):
+    parameters = "parameters"
+    requential = "requential"
+    prequential = "prequential"
+
+
 Distributed = Annotated[
     bool,
     typer.Option(
@@ -212,6 +218,34 @@ def compute(
     trust_pickle: TrustPickle = False,
     device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
     distributed: Distributed = False,
+    code: Annotated[
+        CodeKind,
+        typer.Option(
+            "--code",
+            help="parameters: code MODEL's weights; requential or prequential: MODEL is a "
+            "teacher and the certified model is a student the decoder re-trains from the "
+            "teacher's coded labels on an input pool.",
+        ),
+    ] = CodeKind.parameters,
+    student_arch: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="requential: the student's architecture, module:factory[:k=v,...]."),
+    ] = None,
+    pool: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="requential: a data spec whose inputs (labels unused) are the pool, fixed "
+            "before the training data (default for mnist1d data: mnist1d with the next seed)."
+        ),
+    ] = None,
+    labels: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            help="requential: the declared grid of label counts (default 1000,2000,4000)."
+        ),
+    ] = None,
+    student_seed: Annotated[int, typer.Option(help="requential: the student's init seed.")] = 0,
+    shared_seed: Annotated[int, typer.Option(help="requential: the shared-randomness seed.")] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
@@ -253,12 +287,65 @@ def compute(
             "--offsets cut the training stream only; give --test-offsets for the documents "
             "of the --test-data stream"
         )
+    requential_options = {
+        "--student-arch": student_arch,
+        "--pool": pool,
+        "--labels": labels,
+    }
+    if code is CodeKind.parameters:
+        named = [name for name, value in requential_options.items() if value is not None]
+        if named:
+            raise ValueError(f"{', '.join(named)} apply to --code requential or prequential")
+    else:
+        clashing = {
+            "--code-file": code_file,
+            "--prior": prior,
+            "--levels": levels,
+            "--schemes": schemes,
+            "--qat-epochs": qat_epochs,
+            "--task lm": task is Task.lm,
+        }
+        named = [name for name, value in clashing.items() if value]
+        if named:
+            raise ValueError(f"{', '.join(named)} cannot be used with --code {code.value}")
+        if student_arch is None:
+            raise ValueError(f"--code {code.value} needs --student-arch (the certified model)")
     main_rank = True
     if distributed:
         dist.initialize(device)
         main_rank = dist.is_main()
     quiet = quiet or not main_rank
     data = DEFAULT_DATA[task] if data is None else data
+    if code is not CodeKind.parameters:
+        from bounds.pipeline.certify import certify
+
+        from .specs import requential_family
+
+        teacher = load_model(model, arch, trust_pickle=trust_pickle).model
+        family = requential_family(
+            teacher,
+            student_arch,
+            pool,
+            data,
+            labels=None if labels is None else parse_ints(labels, "--labels"),
+            variant=code.value,
+            init_seed=student_seed,
+            seed=shared_seed,
+        )
+        certificate = certify(
+            teacher,
+            load_data(data, trust_pickle=trust_pickle),
+            code=family,
+            test_data=None
+            if test_data is None
+            else load_data(test_data, default_split="test", trust_pickle=trust_pickle),
+            delta=delta,
+            device=device,
+            quiet=quiet,
+        )
+        if main_rank:
+            _write(certificate, json_path, save_code, fmt)
+        return
 
     opaque = None
     if code_file:
@@ -320,12 +407,22 @@ def compute(
             batch_size=batch_size or 1024,
             **common,
         )
-    if not main_rank:
-        return
+    if main_rank:
+        _write(certificate, json_path, save_code, fmt)
+
+
+def _write(certificate, json_path: Path | None, save_code: Path | None, fmt: Format) -> None:
+    """The certificate as JSON, the code word (and a re-trained student's checkpoint next to
+    it), and the report on standard output."""
     if json_path is not None:
         json_path.write_text(certificate.to_json() + "\n")
     if save_code is not None:
         save_code.write_bytes(certificate.code.to_bytes())
+        student = getattr(certificate.code, "student", None)
+        if student is not None:
+            import torch
+
+            torch.save(student.state_dict(), save_code.with_suffix(".student.pt"))
     render(certificate, fmt, certificate_table)
 
 
@@ -473,6 +570,17 @@ def _reproduce(code, data, claimed, model, arch, prior, loader, delta, trust_pic
     section = claimed.get("code") if isinstance(claimed, dict) else None
     config = section.get("config") if isinstance(section, dict) else None
     opaque = isinstance(config, dict) and config.get("kind") == "opaque file"
+    if isinstance(config, dict) and config.get("family") == "requential":
+        from .specs import requential_from_certificate
+
+        return reproduce(
+            code.read_bytes(),
+            None,
+            data,
+            certificate=claimed,
+            code=requential_from_certificate(claimed["prior"]),
+            quiet=quiet,
+        )
     if not opaque:
         if loader is not None:
             raise ValueError("--loader decodes an opaque code word; this certificate's is not")

@@ -375,3 +375,104 @@ def _state_file(path: str, what: str) -> dict[str, torch.Tensor]:
     ):
         raise ValueError(f"{what} {path!r} must hold a state dict (name → tensor)")
     return content
+
+
+def pool_inputs(spec: str, *, trust_pickle: bool = False) -> torch.Tensor:
+    """The inputs of a data spec, stacked (its labels are not used): an input pool."""
+    data = load_data(spec, trust_pickle=trust_pickle)
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0]
+    try:
+        return torch.stack([dataset[index][0] for index in range(len(dataset))])
+    except (TypeError, IndexError, RuntimeError) as error:
+        raise ValueError(
+            f"the pool {spec!r} is not a dataset of (input, label) pairs: {error}"
+        ) from None
+
+
+def default_pool(data_spec: str, size: int) -> str:
+    """For built-in MNIST-1D training data, MNIST-1D inputs drawn with the next seed: a pool
+    independent of the training sample. Other data need an explicit --pool."""
+    name, _, option_text = data_spec.partition(":")
+    if name != "mnist1d":
+        raise ValueError("--code requential needs --pool (inputs fixed before the training data)")
+    seed = parse_options(option_text, "mnist1d").get("seed", 0)
+    return f"mnist1d:n={size},m=1,seed={int(seed) + 1}"
+
+
+def requential_family(
+    teacher: nn.Module,
+    student_arch: str,
+    pool_spec: str | None,
+    data_spec: str,
+    *,
+    labels: tuple[int, ...] | None,
+    variant: str,
+    init_seed: int,
+    seed: int,
+):
+    """The requential code family of `bounds compute --code requential|prequential`."""
+    from bounds.pipeline.codes import RequentialCodes
+    from bounds.pipeline.decoder import Architecture
+    from quantize.requential import RequentialPrior, Schedule
+
+    schedule = Schedule(variant=variant, **({} if labels is None else {"label_counts": labels}))
+    pool_spec = pool_spec or default_pool(data_spec, max(schedule.label_counts))
+    inputs = pool_inputs(pool_spec)
+    with torch.no_grad():
+        teacher.eval()
+        output = teacher(inputs[:1])
+    if output.ndim != 2:
+        raise ValueError(
+            f"the teacher must map inputs to [batch, classes] logits, got {tuple(output.shape)}"
+        )
+    architecture = Architecture.from_spec(student_arch)
+    prior = RequentialPrior(
+        architecture.build,
+        architecture.fingerprint,
+        architecture.spec,
+        init_seed,
+        inputs,
+        schedule,
+        seed,
+        int(output.shape[1]),
+    )
+    return RequentialCodes(prior, pool_spec=pool_spec)
+
+
+def requential_from_certificate(prior: dict):
+    """The requential code family a certificate's prior section declares (`bounds verify`)."""
+    from bounds.pipeline.codes import RequentialCodes
+    from bounds.pipeline.decoder import Architecture
+    from quantize.requential import RequentialPrior, Schedule
+
+    try:
+        spec, pool_spec = prior["student"]["spec"], prior["pool_spec"]
+        schedule = Schedule(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
+        )
+        init_seed, seed, classes = (
+            int(prior["init_seed"]),
+            int(prior["seed"]),
+            int(prior["classes"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"the certificate's requential prior is not readable: {error!r}") from None
+    architecture = Architecture.from_spec(spec)
+    rebuilt = RequentialPrior(
+        architecture.build,
+        architecture.fingerprint,
+        architecture.spec,
+        init_seed,
+        pool_inputs(pool_spec),
+        schedule,
+        seed,
+        classes,
+    )
+    if rebuilt.fingerprint() != prior.get("fingerprint"):
+        raise ValueError(
+            "the requential prior rebuilt from the certificate (student, pool, schedule, seeds) "
+            "has another fingerprint than the certificate states"
+        )
+    return RequentialCodes(rebuilt, pool_spec=pool_spec)

@@ -11,6 +11,8 @@ from .compress import QuantConfig, compress
 from .errors import CodeError
 from .finetune import finetune
 from .priors import InitPrior, NoPrior, ReferencePrior
+from .requential import RequentialCode, RequentialPrior, Schedule
+from .requential import encode as encode_requential
 from .search import Candidate, SearchResult, default_grid, grid_fingerprint, product_grid, search
 from .stream import compress_safetensors
 from .subspace import Subspace
@@ -23,11 +25,15 @@ __all__ = [
     "NoPrior",
     "QuantConfig",
     "ReferencePrior",
+    "RequentialCode",
+    "RequentialPrior",
+    "Schedule",
     "SearchResult",
     "Subspace",
     "compress",
     "compress_safetensors",
     "default_grid",
+    "encode_requential",
     "finetune",
     "grid_fingerprint",
     "product_grid",

@@ -87,10 +87,14 @@ def default_grid() -> list[dict[str, Any]]:
     return product_grid()
 
 
+def full_configs(grid: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The grid's configurations with every field given (defaults filled in), checked."""
+    return [_full_config(config).as_dict() for config in grid]
+
+
 def grid_fingerprint(grid: Sequence[Mapping[str, Any]]) -> str:
     """sha256 of the grid's canonical JSON (full configurations, sorted keys, in grid order)."""
-    canonical = [_full_config(config).as_dict() for config in grid]
-    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(full_configs(grid), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -111,8 +111,6 @@ def certify(
     With `opaque` (a :class:`quantize.opaque.OpaqueCode`), `prior` is the declared loader's
     description (a dict with a fingerprint) and `architecture` only a label.
     """
-    from quantize import grid_fingerprint
-
     Ledger(delta)  # validates δ before any work
     quiet = quiet or not distributed.is_main()
     task = _task(task, methods, batch_size, device, quiet)
@@ -162,6 +160,7 @@ def certify(
         task=task.name,
         task_settings=task.settings(),
         claim=task.claim(bounds[loss][method], section, word.bits, delta)
+        + chosen.note
         + prior_caveat(chosen.prior),
         data=section,
         train={"float": task.summary(float_eval), "decoded": task.summary(decoded_eval)},
@@ -177,7 +176,7 @@ def certify(
         code_sha256=hashlib.sha256(chosen.word).hexdigest(),
         grid_index=getattr(word, "grid_index", 0),
         grid=chosen.grid,
-        grid_fingerprint=grid_fingerprint(chosen.grid),
+        grid_fingerprint=chosen.grid_fingerprint,
         candidates=chosen.candidates,
         prior=chosen.prior,
         architecture=chosen.architecture,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -56,6 +57,13 @@ class Selection:
     architecture: str
     network: torch.nn.Module
     qat: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # what the claim must add about the certified model
+
+    @property
+    def grid_fingerprint(self) -> str:
+        """sha256 of the declared grid's canonical JSON (sorted keys, in grid order)."""
+        text = json.dumps(self.grid, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,9 @@ class ParameterCodes:
         qat_epochs: int = 0,
         qat_lr: float = 1e-4,
     ) -> None:
-        self.grid = [dict(config) for config in grid]
+        from quantize.search import full_configs
+
+        self.grid = full_configs(grid)
         if not self.grid:
             raise ValueError("the search grid is empty: give at least one configuration")
         self.prior, self.architecture = prior, architecture
@@ -322,3 +332,75 @@ class OpaqueFile:
             raise ValueError("the certificate is for an opaque code word: give its loader")
         code = OpaqueCode.from_bytes(word)
         return Decoding(code, self.load(code.contents()), self.prior)
+
+
+class RequentialCodes:
+    """Requential (or prequential) codes (`quantize.requential`; Qiu et al., arXiv 2607.11883,
+    2026; Blier & Ollivier 2018): the given model is the *teacher*; the word records the
+    teacher's selections among samples of a *student*'s own distribution on an input pool
+    fixed before the data, and the decoder re-trains the student from them. The certified
+    model is that decoded student, whose description length does not grow with its size.
+    Every label count N of the prior's declared grid is encoded and its student evaluated;
+    the word with the best headline bound is kept (its grid index is in the word)."""
+
+    name = "requential"
+
+    def __init__(self, prior: Any, *, pool_spec: str | None = None) -> None:
+        self.prior, self.pool_spec = prior, pool_spec
+
+    def grid_size(self) -> int:
+        return len(self.prior.schedule.label_counts)
+
+    def describe(self) -> dict[str, Any]:
+        description = dict(self.prior.describe())
+        if self.pool_spec is not None:
+            description["pool_spec"] = self.pool_spec
+        return description
+
+    def select(self, model: torch.nn.Module, scoring: Scoring) -> Selection:
+        from quantize.requential import RequentialCode, encode
+
+        counts = self.prior.schedule.label_counts
+        candidates, best = [], None
+        with progress_bar("requential encoding", len(counts), scoring.quiet) as steps:
+            for index, labels in enumerate(counts):
+                code = scoring.time("encode", lambda i=index: encode(model, self.prior, i))
+                evaluation = scoring.evaluate(code.student)
+                bound = scoring.headline(code.bits, evaluation)
+                candidates.append(
+                    {
+                        "index": index,
+                        "config": {"labels": labels},
+                        "bits": code.bits,
+                        "evaluated": True,
+                        **scoring.describe(evaluation),
+                        "bound": bound,
+                    }
+                )
+                if best is None or (bound, code.bits) < best[0]:
+                    best = ((bound, code.bits), code)
+                steps.advance()
+        word = best[1].to_bytes()
+        # The bound is about what the decoder makes of the bytes: decode (re-train) them.
+        decoded = scoring.time("decode", lambda: RequentialCode.from_bytes(word, self.prior))
+        student = decoded.student
+        return Selection(
+            decoded,
+            word,
+            student,
+            candidates,
+            [{"labels": labels} for labels in counts],
+            self.describe(),
+            self.prior.student_spec,
+            student,
+            note=(
+                " The certified model is the student the decoder re-trains from the word"
+                " (its 'float' row is the teacher's)."
+            ),
+        )
+
+    def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding:
+        from quantize.requential import RequentialCode
+
+        code = RequentialCode.from_bytes(word, self.prior)
+        return Decoding(code, code.student, self.describe())

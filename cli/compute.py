@@ -97,6 +97,30 @@ class CodeKind(str, Enum):
     prequential = "prequential"
 
 
+CodeOption = Annotated[
+    CodeKind,
+    typer.Option(
+        "--code",
+        help="parameters: code MODEL's weights; requential or prequential: MODEL is a teacher "
+        "and the certified model is a student the decoder re-trains from the teacher's coded "
+        "labels on an input pool.",
+    ),
+]
+PoolOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="requential: a data spec whose inputs (labels unused) are the pool, fixed before "
+        "the training data (default for mnist1d data: mnist1d with the next seed)."
+    ),
+]
+LabelsOption = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="requential: the declared grid of label counts (default 1000,2000,4000)."),
+]
+StudentSeed = Annotated[int, typer.Option(help="requential: the student's init seed.")]
+SharedSeed = Annotated[int, typer.Option(help="requential: the shared-randomness seed.")]
+
+
 Distributed = Annotated[
     bool,
     typer.Option(
@@ -218,34 +242,15 @@ def compute(
     trust_pickle: TrustPickle = False,
     device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
     distributed: Distributed = False,
-    code: Annotated[
-        CodeKind,
-        typer.Option(
-            "--code",
-            help="parameters: code MODEL's weights; requential or prequential: MODEL is a "
-            "teacher and the certified model is a student the decoder re-trains from the "
-            "teacher's coded labels on an input pool.",
-        ),
-    ] = CodeKind.parameters,
+    code: CodeOption = CodeKind.parameters,
     student_arch: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="requential: the student's architecture, module:factory[:k=v,...]."),
     ] = None,
-    pool: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            help="requential: a data spec whose inputs (labels unused) are the pool, fixed "
-            "before the training data (default for mnist1d data: mnist1d with the next seed)."
-        ),
-    ] = None,
-    labels: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            help="requential: the declared grid of label counts (default 1000,2000,4000)."
-        ),
-    ] = None,
-    student_seed: Annotated[int, typer.Option(help="requential: the student's init seed.")] = 0,
-    shared_seed: Annotated[int, typer.Option(help="requential: the shared-randomness seed.")] = 0,
+    pool: PoolOption = None,
+    labels: LabelsOption = None,
+    student_seed: StudentSeed = 0,
+    shared_seed: SharedSeed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""

@@ -19,22 +19,30 @@ import typer
 from rich.table import Table
 
 from .compute import (
+    CodeKind,
+    CodeOption,
     Coder,
     Delta,
+    LabelsOption,
     Levels,
+    PoolOption,
     QatEpochs,
     QatLr,
     Quiet,
     Schemes,
+    SharedSeed,
+    StudentSeed,
     TestData,
     TrainData,
     TrustPickle,
     check_writable,
+    parse_ints,
     search_grid,
 )
 from .output import Format, err_console, render
 
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
+LEVELS, SCHEMES = "4,8,16,32", "kmeans,uniform"
 _GLOB_CHARACTERS = "*?["
 
 
@@ -70,6 +78,16 @@ def model_names(files: list[Path]) -> list[str]:
     """File names when they tell the models apart, the paths as given otherwise."""
     names = [file.name for file in files]
     return names if len(set(names)) == len(names) else [str(file) for file in files]
+
+
+def student_names(specs: list[str]) -> dict[str, str]:
+    """Row name → student spec: the options alone when every spec names the same factory."""
+    factories = {spec.rsplit(":", 1)[0] if spec.count(":") > 1 else spec for spec in specs}
+    short = [spec.split(":", 2)[2] if spec.count(":") > 1 else spec for spec in specs]
+    names = short if len(factories) == 1 and len(set(short)) == len(short) else specs
+    if len(set(names)) != len(names):
+        raise ValueError("--student-arch names the same student twice")
+    return dict(zip(names, specs, strict=True))
 
 
 def architectures(arch: list[str] | None, count: int) -> list[str | None]:
@@ -130,8 +148,8 @@ def sweep(
             "row a separate claim at δ.",
         ),
     ] = False,
-    levels: Levels = "4,8,16,32",
-    schemes: Schemes = "kmeans,uniform",
+    levels: Levels = LEVELS,
+    schemes: Schemes = SCHEMES,
     coder: Coder = "auto",
     qat_epochs: QatEpochs = 0,
     qat_lr: QatLr = 1e-4,
@@ -151,13 +169,25 @@ def sweep(
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     trust_pickle: TrustPickle = False,
     device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
+    code: CodeOption = CodeKind.parameters,
+    student_arch: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="requential: a student architecture, module:factory[:k=v,...]; repeat it for "
+            "one row per student (MODEL is then the one teacher)."
+        ),
+    ] = None,
+    pool: PoolOption = None,
+    labels: LabelsOption = None,
+    student_seed: StudentSeed = 0,
+    shared_seed: SharedSeed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Certify every MODEL on DATA: one row per model, sorted by parameter count."""
     import bounds
     from bounds.reports.plot import check_plot_path, plot_sweep
 
-    from .specs import load_data, load_model
+    from .specs import load_data, load_model, requential_family
 
     bounds.Ledger(delta)  # validates δ before any work
     plots = [check_plot_path(path) for path in plot or []]
@@ -189,19 +219,52 @@ def sweep(
         if not quiet:
             err_console.print(f"certifying model {index}/{count}: {name}", highlight=False)
 
+    if code is CodeKind.parameters:
+        if student_arch:
+            raise ValueError("--student-arch applies to --code requential or prequential")
+        models = {name: model.model for name, model in named.items()}
+        per_model = {name: {"architecture": m.architecture} for name, m in named.items()}
+        family_options = {"grid": grid, "qat_epochs": qat_epochs, "qat_lr": qat_lr}
+    else:
+        if len(named) != 1 or not student_arch:
+            raise ValueError(
+                f"--code {code.value} sweeps students of one teacher: give one MODEL (the "
+                "teacher) and --student-arch once per student"
+            )
+        if levels != LEVELS or schemes != SCHEMES or qat_epochs:
+            raise ValueError(
+                f"--levels, --schemes and --qat-epochs do not apply to --code {code.value}"
+            )
+        teacher = next(iter(named.values())).model
+        rows = student_names(student_arch)
+        models = dict.fromkeys(rows, teacher)
+        per_model = {
+            name: {
+                "code": requential_family(
+                    teacher,
+                    spec,
+                    pool,
+                    data,
+                    labels=None if labels is None else parse_ints(labels, "--labels"),
+                    variant=code.value,
+                    init_seed=student_seed,
+                    seed=shared_seed,
+                )
+            }
+            for name, spec in rows.items()
+        }
+        family_options = {}
     result = bounds.sweep(
-        {name: model.model for name, model in named.items()},
+        models,
         train,
         test_data=test,
         delta=delta,
         simultaneous=simultaneous,
-        model_kwargs={name: {"architecture": m.architecture} for name, m in named.items()},
+        model_kwargs=per_model,
         progress=announce,
-        grid=grid,
-        qat_epochs=qat_epochs,
-        qat_lr=qat_lr,
         device=device,
         quiet=quiet,
+        **family_options,
     )
     texts = (
         (json_path, result.to_json() + "\n"),

@@ -273,3 +273,35 @@ def test_cli_bad_input_is_one_line_and_exit_2(case, model_dir, tmp_path, capsys)
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
     assert stdout == ""
+
+
+def test_cli_sweeps_requential_students_of_one_teacher(small_model, tmp_path, capsys):
+    import shutil
+
+    from conftest import SMALL_ARCH, SMALL_DATA
+
+    students = [f"bounds.models.architectures:mnist1d_cnn:width={w}" for w in (2, 8)]
+    argv = ["sweep", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "--code",
+            "requential", "--labels", "300", "--simultaneous", "--format", "json",
+            "-q"]  # fmt: skip
+    for spec in students:
+        argv += ["--student-arch", spec]
+    status, stdout, err = run_cli(capsys, *argv)
+    assert status in (0, None), err
+    result = json.loads(stdout)
+    rows = {row["name"]: row for row in result["rows"]}
+    assert sorted(rows) == ["width=2", "width=8"]
+    assert result["delta_shares"] == {"width=2": 0.025, "width=8": 0.025}
+    for name, width in (("width=2", 2), ("width=8", 8)):
+        certificate = rows[name]["certificate"]
+        assert certificate["code"]["config"]["family"] == "requential"
+        assert certificate["code"]["config"]["labels"] == 300
+        assert certificate["prior"]["student"]["spec"].endswith(f"width={width}")
+        assert rows[name]["model_params"] == sum(p.numel() for p in mnist1d_cnn(width).parameters())
+        assert "student the decoder re-trains" in certificate["claim"]
+    # One teacher, so a second MODEL, or parameter-code options, are refused.
+    second = shutil.copy(small_model, tmp_path / "second.pt")
+    status, _, err = run_cli(capsys, *argv, second)
+    assert status == 2 and "one MODEL" in err
+    status, _, err = run_cli(capsys, *argv, "--levels", "8")
+    assert status == 2 and "do not apply" in err

@@ -3,8 +3,9 @@
 The one substitution: `bounds demo` runs as `bounds demo --quick`, which goes through the
 same code with fewer examples and narrower models (its widths include 32, which the later
 commands use). The install block and the test command itself are not re-run. Blocks marked
-`sh` (torchrun launches, commands that need a trained language model or a user's module)
-are exercised by tests/test_distributed.py and tests/test_cli_lm.py instead.
+`sh` (torchrun launches, commands that need a trained language model, a teacher or a user's
+module) are exercised by tests/test_distributed.py, tests/test_cli_lm.py,
+tests/test_cli_requential.py and tests/test_sweep.py instead.
 """
 
 from __future__ import annotations

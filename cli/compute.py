@@ -292,13 +292,13 @@ def compute(
             "--offsets cut the training stream only; give --test-offsets for the documents "
             "of the --test-data stream"
         )
-    requential_options = {
+    student_options = {
         "--student-arch": student_arch,
         "--pool": pool,
         "--labels": labels,
     }
     if code is CodeKind.parameters:
-        named = [name for name, value in requential_options.items() if value is not None]
+        named = [name for name, value in student_options.items() if value is not None]
         if named:
             raise ValueError(f"{', '.join(named)} apply to --code requential or prequential")
     else:
@@ -324,18 +324,9 @@ def compute(
     if code is not CodeKind.parameters:
         from bounds.pipeline.certify import certify
 
-        from .specs import requential_family
-
         teacher = load_model(model, arch, trust_pickle=trust_pickle).model
-        family = requential_family(
-            teacher,
-            student_arch,
-            pool,
-            data,
-            labels=None if labels is None else parse_ints(labels, "--labels"),
-            variant=code.value,
-            init_seed=student_seed,
-            seed=shared_seed,
+        family = requential_options(code, pool, labels, student_seed, shared_seed).family(
+            teacher, student_arch, data
         )
         certificate = certify(
             teacher,
@@ -429,6 +420,16 @@ def _write(certificate, json_path: Path | None, save_code: Path | None, fmt: For
 
             torch.save(student.state_dict(), save_code.with_suffix(".student.pt"))
     render(certificate, fmt, certificate_table)
+
+
+def requential_options(
+    code: CodeKind, pool: str | None, labels: str | None, student_seed: int, shared_seed: int
+):
+    """The `--code requential|prequential` options as one object (cli.specs.Requential)."""
+    from .specs import Requential
+
+    grid = None if labels is None else parse_ints(labels, "--labels")
+    return Requential(code.value, pool, grid, student_seed, shared_seed)
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:

@@ -401,78 +401,76 @@ def default_pool(data_spec: str, size: int) -> str:
     return f"mnist1d:n={size},m=1,seed={int(seed) + 1}"
 
 
-def requential_family(
-    teacher: nn.Module,
-    student_arch: str,
-    pool_spec: str | None,
-    data_spec: str,
-    *,
-    labels: tuple[int, ...] | None,
-    variant: str,
-    init_seed: int,
-    seed: int,
-):
-    """The requential code family of `bounds compute --code requential|prequential`."""
-    from bounds.pipeline.codes import RequentialCodes
-    from bounds.pipeline.decoder import Architecture
-    from quantize.requential import RequentialPrior, Schedule
+@dataclass(frozen=True)
+class Requential:
+    """The requential options of a command line: variant, pool spec, label grid, seeds."""
 
-    schedule = Schedule(variant=variant, **({} if labels is None else {"label_counts": labels}))
-    pool_spec = pool_spec or default_pool(data_spec, max(schedule.label_counts))
-    inputs = pool_inputs(pool_spec)
-    with torch.no_grad():
-        teacher.eval()
-        output = teacher(inputs[:1])
-    if output.ndim != 2:
-        raise ValueError(
-            f"the teacher must map inputs to [batch, classes] logits, got {tuple(output.shape)}"
+    variant: str
+    pool: str | None
+    labels: tuple[int, ...] | None
+    init_seed: int
+    seed: int
+
+    def family(self, teacher: nn.Module, student_arch: str, data_spec: str):
+        """The requential code family of one student (`bounds.pipeline.codes.RequentialCodes`),
+        its classes read off the teacher's output on the pool."""
+        from quantize.requential import Schedule
+
+        grid = {} if self.labels is None else {"label_counts": self.labels}
+        schedule = Schedule(variant=self.variant, **grid)
+        pool_spec = self.pool or default_pool(data_spec, max(schedule.label_counts))
+        inputs = pool_inputs(pool_spec)
+        with torch.no_grad():
+            teacher.eval()
+            output = teacher(inputs[:1])
+        if output.ndim != 2:
+            raise ValueError(
+                f"the teacher must map inputs to [batch, classes] logits, got {tuple(output.shape)}"
+            )
+        return _requential_codes(
+            student_arch, pool_spec, inputs, schedule, self.init_seed, self.seed, output.shape[1]
         )
-    architecture = Architecture.from_spec(student_arch)
-    prior = RequentialPrior(
-        architecture.build,
-        architecture.fingerprint,
-        architecture.spec,
-        init_seed,
-        inputs,
-        schedule,
-        seed,
-        int(output.shape[1]),
-    )
-    return RequentialCodes(prior, pool_spec=pool_spec)
 
 
 def requential_from_certificate(prior: dict):
     """The requential code family a certificate's prior section declares (`bounds verify`)."""
-    from bounds.pipeline.codes import RequentialCodes
-    from bounds.pipeline.decoder import Architecture
-    from quantize.requential import RequentialPrior, Schedule
+    from quantize.requential import Schedule
 
     try:
         spec, pool_spec = prior["student"]["spec"], prior["pool_spec"]
-        schedule = Schedule(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
-        )
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
         init_seed, seed, classes = (
             int(prior["init_seed"]),
             int(prior["seed"]),
             int(prior["classes"]),
         )
+        schedule = Schedule(**fields)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"the certificate's requential prior is not readable: {error!r}") from None
-    architecture = Architecture.from_spec(spec)
-    rebuilt = RequentialPrior(
-        architecture.build,
-        architecture.fingerprint,
-        architecture.spec,
-        init_seed,
-        pool_inputs(pool_spec),
-        schedule,
-        seed,
-        classes,
-    )
-    if rebuilt.fingerprint() != prior.get("fingerprint"):
+    inputs = pool_inputs(pool_spec)
+    family = _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes)
+    if family.prior.fingerprint() != prior.get("fingerprint"):
         raise ValueError(
             "the requential prior rebuilt from the certificate (student, pool, schedule, seeds) "
             "has another fingerprint than the certificate states"
         )
-    return RequentialCodes(rebuilt, pool_spec=pool_spec)
+    return family
+
+
+def _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes):
+    from bounds.pipeline.codes import RequentialCodes
+    from bounds.pipeline.decoder import Architecture
+    from quantize.requential import RequentialPrior
+
+    student = Architecture.from_spec(spec)
+    prior = RequentialPrior(
+        student.build,
+        student.fingerprint,
+        student.spec,
+        init_seed,
+        inputs,
+        schedule,
+        seed,
+        int(classes),
+    )
+    return RequentialCodes(prior, pool_spec=pool_spec)

@@ -36,7 +36,7 @@ from .compute import (
     TrainData,
     TrustPickle,
     check_writable,
-    parse_ints,
+    requential_options,
     search_grid,
 )
 from .output import Format, err_console, render
@@ -187,7 +187,7 @@ def sweep(
     import bounds
     from bounds.reports.plot import check_plot_path, plot_sweep
 
-    from .specs import load_data, load_model, requential_family
+    from .specs import load_data, load_model
 
     bounds.Ledger(delta)  # validates δ before any work
     plots = [check_plot_path(path) for path in plot or []]
@@ -238,20 +238,9 @@ def sweep(
         teacher = next(iter(named.values())).model
         rows = student_names(student_arch)
         models = dict.fromkeys(rows, teacher)
+        options = requential_options(code, pool, labels, student_seed, shared_seed)
         per_model = {
-            name: {
-                "code": requential_family(
-                    teacher,
-                    spec,
-                    pool,
-                    data,
-                    labels=None if labels is None else parse_ints(labels, "--labels"),
-                    variant=code.value,
-                    init_seed=student_seed,
-                    seed=shared_seed,
-                )
-            }
-            for name, spec in rows.items()
+            name: {"code": options.family(teacher, spec, data)} for name, spec in rows.items()
         }
         family_options = {}
     result = bounds.sweep(

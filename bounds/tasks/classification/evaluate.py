@@ -151,33 +151,24 @@ def evaluate(
     model: torch.nn.Module,
     data,
     *,
-    device: str = "cpu",
-    batch_size: int = 1024,
-    quiet: bool = True,
-    description: str = "evaluating",
     shard: tuple[int, int] | None = None,
+    quiet: bool = True,
+    **options: Any,
 ) -> Evaluation:
     """Count argmax errors and sum the cross-entropy of `model` over every example of `data`.
 
-    Labels must be integers in [0, C) for a model with C outputs; the model must accept the
-    inputs. Each violation raises ValueError naming it. In a process group (see
-    bounds.pipeline.distributed) each rank evaluates its share of the batches (`shard`, default
-    `distributed.shard()`); every rank must hold the same model and data, which is checked,
-    and gets the same result, equal to a single process's. Only rank 0 shows progress.
+    `options` (device, batch_size, description) are those of `evaluate_batches`. Labels must
+    be integers in [0, C) for a model with C outputs; the model must accept the inputs. Each
+    violation raises ValueError naming it. In a process group (see bounds.pipeline.distributed)
+    each rank evaluates its share of the batches (`shard`, default `distributed.shard()`);
+    every rank must hold the same model and data, which is checked, and gets the same result,
+    equal to a single process's. Only rank 0 shows progress.
     """
     shard = distributed.shard() if shard is None else shard
     quiet = quiet or not distributed.is_main()
 
     def run() -> BatchEvaluation:
-        return evaluate_batches(
-            model,
-            data,
-            device=device,
-            batch_size=batch_size,
-            quiet=quiet,
-            description=description,
-            shard=shard,
-        )
+        return evaluate_batches(model, data, shard=shard, quiet=quiet, **options)
 
     # A rank that fails alone must not leave the others waiting in a collective, and ranks
     # holding other models or data must not add up their counts.

@@ -115,15 +115,20 @@ def _in_order(loader: DataLoader, batch_size: int) -> DataLoader:
             "a DataLoader without automatic batching (batch_size=None) cannot be evaluated "
             "example by example in a fixed order; pass a Dataset whose items are single examples"
         )
+    return _loading_like(loader, batch_size=batch_size, shuffle=False)
+
+
+def _loading_like(loader: DataLoader, **batching: Any) -> DataLoader:
+    """A DataLoader over `loader`'s dataset that collates and loads as it does, batched as
+    `batching` says (the user's sampler is never used)."""
     return DataLoader(
         loader.dataset,
-        batch_size=batch_size,
-        shuffle=False,
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         worker_init_fn=loader.worker_init_fn,
         multiprocessing_context=loader.multiprocessing_context,
+        **batching,
     )
 
 
@@ -317,15 +322,7 @@ def _selected_batches(
     if not indices:
         return iter(())
     selected = [list(range(b * size, min((b + 1) * size, n))) for b in indices]
-    subset = DataLoader(
-        loader.dataset,
-        batch_sampler=selected,
-        collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers,
-        pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-    )
+    subset = _loading_like(loader, batch_sampler=selected)
     return ((b, b * size, batch) for b, batch in zip(indices, subset, strict=True))
 
 

@@ -41,6 +41,20 @@ TrustPickle = Annotated[
 ]
 
 
+def check_device(device: str) -> None:
+    """Fail before any work on a device this torch cannot use."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown --device {device!r}: use cpu, or cuda on a CUDA build") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this torch build or machine has no CUDA device")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: evaluation runs on cpu or cuda")
+
+
 def check_writable(path: Path | None, what: str) -> None:
     """Fail before any work if an output path cannot be written."""
     if path is None:
@@ -260,6 +274,7 @@ def compute(
     from .specs import describe_loader, load_corpus, load_data, load_model, load_prior
 
     bounds.Ledger(delta)  # validates δ before any work
+    check_device(device)
     check_writable(json_path, "JSON output")
     check_writable(save_code, "code file")
     if code_file and prior is not None:

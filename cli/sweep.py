@@ -35,6 +35,7 @@ from .compute import (
     TestData,
     TrainData,
     TrustPickle,
+    check_device,
     check_writable,
     requential_options,
     search_grid,
@@ -190,6 +191,7 @@ def sweep(
     from .specs import load_data, load_model
 
     bounds.Ledger(delta)  # validates δ before any work
+    check_device(device)
     plots = [check_plot_path(path) for path in plot or []]
     outputs = [
         *((path, "plot") for path in plots),

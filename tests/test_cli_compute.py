@@ -147,12 +147,36 @@ def bad_inputs(small_model, tmp_path):
         "empty": ([*model, "--data", empty], "empty"),
         "unwritable": ([*model, "--json", tmp_path / "no" / "dir" / "c.json"], "cannot write"),
         "corrupt code": (["verify", corrupt, "--arch", SMALL_ARCH, "--data", SMALL_DATA], "code"),
+        "cuda": ([*model, "--device", "cuda"], "no CUDA device"),
+        "device": ([*model, "--device", "gpu"], "unknown --device 'gpu'"),
+        "not a certificate": (
+            ["verify", corrupt, "--arch", SMALL_ARCH, "--certificate", _json(tmp_path, {})],
+            "lacks a readable task",
+        ),
+        "a sweep's JSON": (
+            [
+                "verify",
+                corrupt,
+                "--arch",
+                SMALL_ARCH,
+                "--certificate",
+                _json(tmp_path, {"rows": []}),
+            ],
+            "lacks a readable task",
+        ),
     }
+
+
+def _json(tmp_path, content) -> str:
+    path = tmp_path / f"not-a-certificate-{len(str(content))}.json"
+    path.write_text(json.dumps(content))
+    return str(path)
 
 
 CASES = [
     "missing file", "not torch", "pickle", "architecture", "data shape", "labels", "nan",
-    "delta", "empty", "unwritable", "corrupt code",
+    "delta", "empty", "unwritable", "corrupt code", "cuda", "device", "not a certificate",
+    "a sweep's JSON",
 ]  # fmt: skip
 
 
@@ -209,3 +233,16 @@ def test_every_model_kind_loads(file, extra, architecture, prior_kind, tmp_path,
     assert cert["prior"]["kind"] == prior_kind
     coded = 40 if prior_kind == "subspace" else sum(p.numel() for p in model.parameters())
     assert cert["code"]["num_params"] == coded
+
+
+def test_a_redirected_run_prints_no_progress_lines(small_model, tmp_path):
+    """Without a terminal there are no bars, so no blank or carriage-return lines on stderr."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "cli", "compute", str(small_model), "--arch", SMALL_ARCH,
+            "--data", SMALL_DATA, "--levels", "4", "--schemes", "kmeans"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "binomial" in result.stdout and "\n\n\n" not in result.stdout

@@ -21,11 +21,14 @@ class Steps:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: float | None, quiet: bool) -> Iterator[Steps]:
-    """A transient rich progress bar on standard error, or a no-op when `quiet`."""
-    if quiet:
+    """A transient rich progress bar on standard error, or a no-op when `quiet` or when
+    standard error is not a terminal (redirected to a file or a pipe, a bar is only noise)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
         yield Steps()
         return
-    from rich.console import Console
 
     columns = (
         TextColumn("{task.description}"),
@@ -34,5 +37,5 @@ def progress_bar(description: str, total: float | None, quiet: bool) -> Iterator
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with Progress(*columns, console=console, transient=True) as progress:
         yield Steps(progress, progress.add_task(description, total=total))

@@ -13,7 +13,7 @@ import typer
 from rich.console import Group
 from rich.table import Table
 
-from .output import Format, console, render
+from .output import Format, console, err_console, render
 
 Arch = Annotated[
     Optional[str],  # noqa: UP045 - Typer reads the annotation at run time
@@ -275,6 +275,17 @@ def compute(
 
     bounds.Ledger(delta)  # validates δ before any work
     check_device(device)
+    invocation = {
+        "task": task.value,
+        "model": model,
+        "arch": arch,
+        "data": data,
+        "prior": prior,
+        "loader": loader,
+        "eod": eod,
+        "offsets": None if offsets is None else str(offsets),
+        "token_dtype": token_dtype,
+    }
     check_writable(json_path, "JSON output")
     check_writable(save_code, "code file")
     if code_file and prior is not None:
@@ -336,6 +347,7 @@ def compute(
         main_rank = dist.is_main()
     quiet = quiet or not main_rank
     data = DEFAULT_DATA[task] if data is None else data
+    invocation["data"] = data
     if code is not CodeKind.parameters:
         from bounds.pipeline.certify import certify
 
@@ -355,7 +367,7 @@ def compute(
             quiet=quiet,
         )
         if main_rank:
-            _write(certificate, json_path, save_code, fmt)
+            _write(certificate, json_path, save_code, fmt, invocation)
         return
 
     opaque = None
@@ -419,12 +431,18 @@ def compute(
             **common,
         )
     if main_rank:
-        _write(certificate, json_path, save_code, fmt)
+        _write(certificate, json_path, save_code, fmt, invocation)
 
 
-def _write(certificate, json_path: Path | None, save_code: Path | None, fmt: Format) -> None:
-    """The certificate as JSON, the code word (and a re-trained student's checkpoint next to
-    it), and the report on standard output."""
+def _write(
+    certificate, json_path: Path | None, save_code: Path | None, fmt: Format, invocation: dict
+) -> None:
+    """The certificate (recording the command line's specs, for `bounds verify`) as JSON, the
+    code word (and a re-trained student's checkpoint next to it), and the report."""
+    import dataclasses
+
+    given = {key: value for key, value in invocation.items() if value is not None}
+    certificate = dataclasses.replace(certificate, invocation=given)
     if json_path is not None:
         json_path.write_text(certificate.to_json() + "\n")
     if save_code is not None:
@@ -465,7 +483,10 @@ def verify(
     code: Annotated[
         Path, typer.Argument(help="Code word written by `bounds compute --save-code`.")
     ],
-    task: TaskChoice = Task.classify,
+    task: Annotated[
+        Optional[Task],  # noqa: UP045
+        typer.Option(help="classify or lm, as given to compute (default: the certificate's)."),
+    ] = None,
     data: DataSpec = None,
     model: Annotated[
         Optional[str],  # noqa: UP045
@@ -522,6 +543,24 @@ def verify(
             claimed = json.loads(Path(certificate).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read certificate {str(certificate)!r}: {error}") from None
+    given = {
+        "task": None if task is None else task.value,
+        "model": model,
+        "arch": arch,
+        "data": data,
+        "prior": prior,
+        "loader": loader,
+        "eod": eod,
+        "offsets": None if offsets is None else str(offsets),
+        "token_dtype": token_dtype,
+    }
+    settings, contradictions = _with_certificate_defaults(given, claimed, quiet)
+    task = Task(settings["task"] or Task.classify.value)
+    model, arch, data, prior, loader = (
+        settings[k] for k in ("model", "arch", "data", "prior", "loader")
+    )
+    eod, token_dtype = settings["eod"], settings["token_dtype"]
+    offsets = None if settings["offsets"] is None else Path(settings["offsets"])
     if task is Task.lm:
         if claimed is None:
             raise ValueError(
@@ -560,10 +599,33 @@ def verify(
         return
     for line in result.report:
         console.print(line, highlight=False, markup=False)
-    if result.mismatches:
-        for mismatch in result.mismatches:
+    mismatches = contradictions + result.mismatches
+    if mismatches:
+        for mismatch in mismatches:
             sys.stderr.write(f"mismatch: {mismatch}\n")
         raise typer.Exit(1)
+
+
+def _with_certificate_defaults(
+    given: dict, claimed: dict | None, quiet: bool
+) -> tuple[dict, list[str]]:
+    """The command line's specs, each one not given taken from the certificate's invocation
+    (said on standard error), and the given ones that contradict it (as mismatches)."""
+    stated = claimed.get("invocation") if isinstance(claimed, dict) else None
+    if not isinstance(stated, dict):
+        return given, []
+    settings, contradictions = dict(given), []
+    for key, value in given.items():
+        recorded = stated.get(key)
+        if value is None and recorded is not None:
+            settings[key] = recorded
+            if not quiet:
+                err_console.print(f"using the certificate's --{key.replace('_', '-')} {recorded}")
+        elif value is not None and recorded is not None and str(value) != str(recorded):
+            contradictions.append(
+                f"--{key}: certificate says {recorded}, command line says {value}"
+            )
+    return settings, contradictions
 
 
 def _skeleton(model: str | None, arch: str | None, trust_pickle: bool):

@@ -246,3 +246,37 @@ def test_a_redirected_run_prints_no_progress_lines(small_model, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "binomial" in result.stdout and "\n\n\n" not in result.stdout
+
+
+def test_verify_with_only_the_certificate_uses_its_own_settings(tmp_path, monkeypatch, capsys):
+    """A model and data of one's own: verify needs nothing but the code word and certificate."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "own_model.py").write_text(
+        "import torch\n\ndef make(hidden=8):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, hidden),\n"
+        "                               torch.nn.ReLU(), torch.nn.Linear(hidden, 3))\n"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    np.savez(tmp_path / "own.npz", x=x, y=(x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import own_model
+
+    torch.manual_seed(0)
+    torch.save(own_model.make(8).state_dict(), tmp_path / "own.pt")
+    status, _, err = run_cli(capsys, "compute", "own.pt", "--arch", "own_model:make:hidden=8",
+                             "--data", "own.npz", "--levels", "4", "--json", "own.json",
+                             "--save-code", "own.code", "-q")  # fmt: skip
+    assert status in (0, None), err
+    certificate = json.loads((tmp_path / "own.json").read_text())
+    stated = {"task": "classify", "model": "own.pt", "arch": "own_model:make:hidden=8"}
+    assert certificate["invocation"] == stated | {"data": "own.npz"}
+    status, out, err = run_cli(capsys, "verify", "own.code", "--certificate", "own.json")
+    assert status in (0, None), err
+    assert "certificate: verified" in out
+    assert "using the certificate's --data own.npz" in err.replace("\n", " ")
+    # A flag that contradicts the certificate is a mismatch, even where the numbers agree.
+    np.savez(tmp_path / "other.npz", x=x, y=(x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1))
+    status, _, err = run_cli(capsys, "verify", "own.code", "--certificate", "own.json",
+                             "--data", "other.npz", "-q")  # fmt: skip
+    assert status == 1 and "--data: certificate says own.npz, command line says other.npz" in err

@@ -18,7 +18,9 @@ advance. JSON schema (``schema_version`` 2), all numbers plain JSON numbers:
 - ``test``: null or {summary, bounds: {loss: Bound}} on held-out data (own claims at δ).
 - ``prior``: fingerprint, description and the architecture the decoder builds;
   ``architecture``: its spec.
-- ``qat``, ``timings`` (seconds by stage), ``versions``.
+- ``qat``, ``timings`` (seconds by stage), ``versions``; ``invocation``: the command-line
+  specs it was made from (model file, architecture, data, prior, ...), which `bounds verify`
+  uses by default.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class Certificate:
     qat: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    invocation: dict[str, Any] = field(default_factory=dict)
     code: Any = field(default=None, compare=False, repr=False)
 
     @property
@@ -147,6 +150,7 @@ class Certificate:
             "qat": self.qat,
             "timings": self.timings,
             "versions": self.versions,
+            "invocation": self.invocation,
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -144,9 +144,14 @@ def test_verify_rejects_a_corrupted_word(files, computed, tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
-def test_verify_an_lm_certificate_needs_task_lm(files, computed, capsys):
+def test_verify_takes_the_task_from_an_lm_certificate(files, computed, capsys):
     cert, code = computed
-    status, _, err = run_cli(capsys, "verify", code, "--arch", ARCH, "--certificate", cert, "-q")
+    status, out, err = run_cli(capsys, "verify", code, "--certificate", cert, "-q")
+    assert status in (0, None), err
+    assert "certificate: verified" in out
+    status, _, err = run_cli(
+        capsys, "verify", code, "--task", "classify", "--certificate", cert, "-q"
+    )
     assert status == 2
     assert err == "error: the certificate is a language model's: pass --task lm\n"
 

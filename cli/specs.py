@@ -35,7 +35,10 @@ SUBSPACE_FORMAT = "bounds.subspace/1"
 def build_architecture(spec: str) -> nn.Module:
     """Call the factory named by an architecture spec and check it returns an nn.Module."""
     factory, options = resolve_callable(spec, "architecture")
-    model = factory(**options)
+    try:
+        model = factory(**options)
+    except TypeError as error:  # an option the factory does not take, a missing argument
+        raise ValueError(f"cannot build the architecture {spec!r}: {error}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"the architecture factory {spec!r} did not return an nn.Module")
     return model
@@ -463,6 +466,10 @@ def _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classe
     from quantize.requential import RequentialPrior
 
     student = Architecture.from_spec(spec)
+    try:  # before any encoding: an option the factory does not take is a bad input
+        student.build(init_seed)
+    except TypeError as error:
+        raise ValueError(f"cannot build the student {spec!r}: {error}") from None
     prior = RequentialPrior(
         student.build,
         student.fingerprint,

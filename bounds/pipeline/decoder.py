@@ -231,8 +231,3 @@ class Decoder:
         else:
             decoded.load_state_dict(dict(state), strict=True)
         return decoded
-
-    @property
-    def network_parameters(self) -> int:
-        """Parameters of the network that is evaluated (for a subspace, the wrapped one)."""
-        return sum(p.numel() for p in wrapped_network(self.skeleton).parameters())

@@ -275,17 +275,7 @@ def compute(
 
     bounds.Ledger(delta)  # validates δ before any work
     check_device(device)
-    invocation = {
-        "task": task.value,
-        "model": model,
-        "arch": arch,
-        "data": data,
-        "prior": prior,
-        "loader": loader,
-        "eod": eod,
-        "offsets": None if offsets is None else str(offsets),
-        "token_dtype": token_dtype,
-    }
+    invocation = specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype)
     check_writable(json_path, "JSON output")
     check_writable(save_code, "code file")
     if code_file and prior is not None:
@@ -543,17 +533,7 @@ def verify(
             claimed = json.loads(Path(certificate).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read certificate {str(certificate)!r}: {error}") from None
-    given = {
-        "task": None if task is None else task.value,
-        "model": model,
-        "arch": arch,
-        "data": data,
-        "prior": prior,
-        "loader": loader,
-        "eod": eod,
-        "offsets": None if offsets is None else str(offsets),
-        "token_dtype": token_dtype,
-    }
+    given = specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype)
     settings, contradictions = _with_certificate_defaults(given, claimed, quiet)
     task = Task(settings["task"] or Task.classify.value)
     model, arch, data, prior, loader = (
@@ -604,6 +584,22 @@ def verify(
         for mismatch in mismatches:
             sys.stderr.write(f"mismatch: {mismatch}\n")
         raise typer.Exit(1)
+
+
+def specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype) -> dict:
+    """The specs of a compute or verify command line, by name (None: not given); a
+    certificate records those of compute, and verify takes the ones it is not given."""
+    return {
+        "task": None if task is None else task.value,
+        "model": model,
+        "arch": arch,
+        "data": data,
+        "prior": prior,
+        "loader": loader,
+        "eod": eod,
+        "offsets": None if offsets is None else str(offsets),
+        "token_dtype": token_dtype,
+    }
 
 
 def _with_certificate_defaults(

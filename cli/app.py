@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from . import compute, demo, formula, sweep
+from . import compute, demo, formula, sweep, verify
 
 app = typer.Typer(
     name="bounds",
@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(formula.app, name="formula")
 app.command()(compute.compute)
-app.command()(compute.verify)
+app.command()(verify.verify)
 app.command()(sweep.sweep)
 app.command()(demo.demo)
 

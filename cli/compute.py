@@ -1,71 +1,48 @@
-"""`bounds compute MODEL` and `bounds verify CODE`: certify a model, and re-check a claim."""
+"""`bounds compute MODEL`: certify a model."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Group
 from rich.table import Table
 
-from .output import Format, console, err_console, render
-
-Arch = Annotated[
-    Optional[str],  # noqa: UP045 - Typer reads the annotation at run time
-    typer.Option(help="Architecture factory, module:factory[:key=value,...]."),
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-TrainData = Annotated[str, typer.Option("--data", help="Training data spec.")]
-TestData = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--test-data", help="Held-out data spec; adds the test error and a test-set bound."
-    ),
-]
-Delta = Annotated[float, typer.Option("--delta", help="Confidence budget δ.")]
-Levels = Annotated[str, typer.Option("--levels", help="Quantization levels to search.")]
-Schemes = Annotated[str, typer.Option("--schemes", help="Quantizers to search.")]
-Coder = Annotated[str, typer.Option("--coder", help="Payload coder: auto, range or zstd.")]
-QatEpochs = Annotated[
-    int, typer.Option("--qat-epochs", help="Quantization-aware fine-tuning epochs.")
-]
-QatLr = Annotated[float, typer.Option("--qat-lr", help="Learning rate of the fine-tuning.")]
-TrustPickle = Annotated[
-    bool,
-    typer.Option(help="Allow loading pickled Python objects (runs code from the file)."),
-]
-
-
-def check_device(device: str) -> None:
-    """Fail before any work on a device this torch cannot use."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown --device {device!r}: use cpu, or cuda on a CUDA build") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: this torch build or machine has no CUDA device")
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: evaluation runs on cpu or cuda")
-
-
-def check_writable(path: Path | None, what: str) -> None:
-    """Fail before any work if an output path cannot be written."""
-    if path is None:
-        return
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} is a directory")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write {what} {str(path)!r}: its folder is missing or read-only")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"cannot write {what} {str(path)!r}: the file is read-only")
+from .options import (
+    DEFAULT_DATA,
+    Arch,
+    CodeKind,
+    CodeOption,
+    Coder,
+    DataSpec,
+    Delta,
+    Device,
+    Distributed,
+    Eod,
+    LabelsOption,
+    Loader,
+    Offsets,
+    PoolOption,
+    QatEpochs,
+    QatLr,
+    Quiet,
+    Search,
+    SharedSeed,
+    StudentSeed,
+    Task,
+    TaskChoice,
+    TestData,
+    TokenDtype,
+    TrustPickle,
+    check_inputs,
+    parse_floats,
+    parse_ints,
+    requential_options,
+    search_grid,
+    specs_given,
+)
+from .output import FittedTables, Format, render
 
 
 def certificate_table(certificate) -> Table | Group:
@@ -77,94 +54,17 @@ def certificate_table(certificate) -> Table | Group:
     if not hasattr(certificate, "bound_rows"):
         return table
     header, *rows = certificate.bound_rows()
-    bounds = Table(title="bounds (each a claim at δ)", title_justify="left")
-    for index, name in enumerate(header):
-        bounds.add_column(name, justify="left" if index == 0 else "right")
-    for row in rows:
-        bounds.add_row(*row)
-    return Group(table, bounds)
-
-
-def search_grid(levels: str, schemes: str, coder: str) -> list[dict]:
-    """The product grid of the --levels, --schemes and --coder options."""
-    from quantize import product_grid
-
-    try:
-        level_values = tuple(int(value) for value in levels.split(","))
-    except ValueError:
-        raise ValueError(f"--levels must be comma-separated integers, got {levels!r}") from None
-    return product_grid(
-        levels=level_values,
-        schemes=tuple(s.strip() for s in schemes.split(",")),
-        coders=(coder,),
-    )
-
-
-class Task(str, Enum):
-    classify = "classify"
-    lm = "lm"
-
-
-class CodeKind(str, Enum):
-    parameters = "parameters"
-    requential = "requential"
-    prequential = "prequential"
-
-
-CodeOption = Annotated[
-    CodeKind,
-    typer.Option(
-        "--code",
-        help="parameters: code MODEL's weights; requential or prequential: MODEL is a teacher "
-        "and the certified model is a student the decoder re-trains from the teacher's coded "
-        "labels on an input pool.",
-    ),
-]
-PoolOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        help="requential: a data spec whose inputs (labels unused) are the pool, fixed before "
-        "the training data (default for mnist1d data: mnist1d with the next seed)."
-    ),
-]
-LabelsOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(help="requential: the declared grid of label counts (default 1000,2000,4000)."),
-]
-StudentSeed = Annotated[int, typer.Option(help="requential: the student's init seed.")]
-SharedSeed = Annotated[int, typer.Option(help="requential: the shared-randomness seed.")]
-
-
-Distributed = Annotated[
-    bool,
-    typer.Option(
-        "--distributed",
-        help="Shard evaluation over the processes of a torchrun launch (gloo on CPU, nccl "
-        "on CUDA); rank 0 prints and writes.",
-    ),
-]
-DEFAULT_DATA = {Task.classify: "mnist1d", Task.lm: "stdlib"}
-TaskChoice = Annotated[
-    Task,
-    typer.Option(
-        help="classify: labelled examples; lm: a causal language model (as given to "
-        "compute, for verify)."
-    ),
-]
-DataSpec = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option(
-        "--data", help="Training data spec (default: mnist1d for classify, stdlib for lm)."
-    ),
-]
+    return Group(table, FittedTables(header, rows, title="bounds (each a claim at δ)"))
 
 
 def compute(
     model: Annotated[
         str,
         typer.Argument(
-            help="Model file: state dict, .safetensors, subspace "
-            "checkpoint, TorchScript, or pickled module."
+            help="Model file: state dict, .safetensors, subspace checkpoint, Hugging Face "
+            "directory, TorchScript archive or pickled module (the last two with --code-file).",
+            metavar="MODEL",
+            show_default=False,
         ),
     ],
     arch: Arch = None,
@@ -173,18 +73,18 @@ def compute(
     test_data: TestData = None,
     delta: Delta = 0.05,
     levels: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Quantization levels to search (default 4,8,16,32; lm 8,16,32)."),
     ] = None,
     schemes: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Quantizers to search (default kmeans,uniform; lm kmeans)."),
+        str | None, typer.Option(help="Quantizers to search (default kmeans,uniform; lm kmeans).")
     ] = None,
     coder: Coder = "auto",
     qat_epochs: QatEpochs = 0,
     qat_lr: QatLr = 1e-4,
+    search: Search = None,
     prior: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             help="Prior: init:SEED; a file of reference weights (codes θ − θ0); or "
             "base:FILE, a frozen base checkpoint (codes only the tensors not in it, e.g. "
@@ -197,68 +97,52 @@ def compute(
             "--code-file",
             help="MODEL is a pre-quantized file taken as the code word as it is: K = its "
             "zstd size in a self-delimiting frame; the loader is the decoder (in the prior).",
+            metavar="",
         ),
     ] = False,
-    loader: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="module:function(path) → nn.Module that loads MODEL (--code-file)."),
-    ] = None,
+    loader: Loader = None,
     context: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="lm: tokens of context per window (default 256)."),
+        int | None, typer.Option(help="lm: tokens of context per window (default 256).")
     ] = None,
     stride: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="lm: window stride (default: the context)."),
+        int | None, typer.Option(help="lm: window stride (default: the context).")
     ] = None,
-    eod: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="lm: end-of-document token id that cuts the stream into documents."),
-    ] = None,
-    offsets: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="lm: .npy of document start offsets."),
-    ] = None,
+    eod: Eod = None,
+    offsets: Offsets = None,
     test_offsets: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(help="lm: .npy of document start offsets of the --test-data stream."),
     ] = None,
-    token_dtype: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="lm: id type of a .bin stream, uint16 (default) or uint32."),
-    ] = None,
+    token_dtype: TokenDtype = None,
     alphas: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="lm: smoothing grid α (comma-separated; default 2^-1..2^-10)."),
     ] = None,
     top_k: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="lm: top-k errors to bound (comma-separated; default 1)."),
+        str | None, typer.Option(help="lm: top-k errors to bound (comma-separated; default 1).")
     ] = None,
     subsample: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(help="lm: evaluate s documents drawn at random (half of δ pays for it)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="lm: seed of the subsample.")] = 0,
     batch_size: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(help="Evaluation batch size (default 1024 examples; lm 8 windows)."),
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     json_path: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--json", help="Also write the certificate as JSON here."),
+        Path | None, typer.Option("--json", help="Also write the certificate as JSON here.")
     ] = None,
     save_code: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Write the code word here (for `bounds verify`)."),
+        Path | None, typer.Option(help="Write the code word here (for `bounds verify`).")
     ] = None,
     trust_pickle: TrustPickle = False,
-    device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
+    device: Device = "cpu",
     distributed: Distributed = False,
     code: CodeOption = CodeKind.parameters,
     student_arch: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="requential: the student's architecture, module:factory[:k=v,...]."),
     ] = None,
     pool: PoolOption = None,
@@ -268,16 +152,20 @@ def compute(
     quiet: Quiet = False,
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
+    check_inputs(
+        delta=delta,
+        models=[model],
+        data=[data, test_data],
+        data_kind="token file" if task is Task.lm else "data file",
+        outputs=[(json_path, "JSON output"), (save_code, "code file")],
+        device=device,
+    )
     import bounds
     from bounds.pipeline import distributed as dist
 
     from .specs import describe_loader, load_corpus, load_data, load_model, load_prior
 
-    bounds.Ledger(delta)  # validates δ before any work
-    check_device(device)
     invocation = specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype)
-    check_writable(json_path, "JSON output")
-    check_writable(save_code, "code file")
     if code_file and prior is not None:
         raise ValueError("--code-file takes MODEL as the whole code word; it has no --prior")
     if loader is not None and not code_file:
@@ -324,6 +212,7 @@ def compute(
             "--levels": levels,
             "--schemes": schemes,
             "--qat-epochs": qat_epochs,
+            "--search": search,
             "--task lm": task is Task.lm,
         }
         named = [name for name, value in clashing.items() if value]
@@ -383,6 +272,7 @@ def compute(
         prior=prior_object,
         delta=delta,
         grid=grid,
+        search=None if search is None else search.value,
         device=device,
         architecture=loaded.architecture,
         opaque=opaque,
@@ -443,256 +333,3 @@ def _write(
 
             torch.save(student.state_dict(), save_code.with_suffix(".student.pt"))
     render(certificate, fmt, certificate_table)
-
-
-def requential_options(
-    code: CodeKind, pool: str | None, labels: str | None, student_seed: int, shared_seed: int
-):
-    """The `--code requential|prequential` options as one object (cli.specs.Requential)."""
-    from .specs import Requential
-
-    grid = None if labels is None else parse_ints(labels, "--labels")
-    return Requential(code.value, pool, grid, student_seed, shared_seed)
-
-
-def parse_ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(value) for value in text.split(","))
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
-
-
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(value) for value in text.split(","))
-    except ValueError:
-        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
-
-
-def verify(
-    code: Annotated[
-        Path, typer.Argument(help="Code word written by `bounds compute --save-code`.")
-    ],
-    task: Annotated[
-        Optional[Task],  # noqa: UP045
-        typer.Option(help="classify or lm, as given to compute (default: the certificate's)."),
-    ] = None,
-    data: DataSpec = None,
-    model: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(
-            help="The model file given to compute (supplies architecture and prior; "
-            "its trained weights are not used)."
-        ),
-    ] = None,
-    arch: Arch = None,
-    prior: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Prior spec, as given to compute."),
-    ] = None,
-    loader: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="The loader of an opaque code word (compute --code-file)."),
-    ] = None,
-    certificate: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="Certificate JSON to check against."),
-    ] = None,
-    delta: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(help="δ when no certificate is given."),
-    ] = None,
-    eod: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(help="lm: end-of-document token id, as given to compute."),
-    ] = None,
-    offsets: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help="lm: .npy of document start offsets, as given to compute."),
-    ] = None,
-    token_dtype: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="lm: id type of a .bin stream, as given to compute."),
-    ] = None,
-    trust_pickle: TrustPickle = False,
-    distributed: Distributed = False,
-    quiet: Quiet = False,
-) -> None:
-    """Decode CODE, re-evaluate it on DATA, recompute the bounds; exit 1 on any difference.
-
-    With --task lm the evaluation settings (context, stride, α grid, top-k, subsample and its
-    seed, δ, batch size) are read from the certificate, which is required.
-    """
-    from bounds.pipeline import distributed as dist
-
-    if not code.is_file():
-        raise ValueError(f"code file {str(code)!r} does not exist or is not a file")
-    claimed = None
-    if certificate is not None:
-        try:
-            claimed = json.loads(Path(certificate).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read certificate {str(certificate)!r}: {error}") from None
-    given = specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype)
-    settings, contradictions = _with_certificate_defaults(given, claimed, quiet)
-    task = Task(settings["task"] or Task.classify.value)
-    model, arch, data, prior, loader = (
-        settings[k] for k in ("model", "arch", "data", "prior", "loader")
-    )
-    eod, token_dtype = settings["eod"], settings["token_dtype"]
-    offsets = None if settings["offsets"] is None else Path(settings["offsets"])
-    if task is Task.lm:
-        if claimed is None:
-            raise ValueError(
-                "--task lm needs --certificate: the evaluation settings are read from it"
-            )
-        if delta is not None:
-            raise ValueError("--delta is for a classifier without certificate; δ comes from it")
-    else:
-        stated = claimed.get("task") if isinstance(claimed, dict) else None
-        if isinstance(stated, dict) and stated.get("name") == "lm":
-            raise ValueError("the certificate is a language model's: pass --task lm")
-        given = {
-            "--eod": eod,
-            "--offsets": offsets,
-            "--token-dtype": token_dtype,
-        }
-        names = [name for name, value in given.items() if value is not None]
-        if names:
-            raise ValueError(f"{', '.join(names)} apply to --task lm only")
-    data = DEFAULT_DATA[task] if data is None else data
-    main_rank = True
-    if distributed:
-        dist.initialize("cpu")
-        main_rank = dist.is_main()
-    quiet = quiet or not main_rank
-    from .specs import load_corpus, load_data
-
-    if task is Task.lm:
-        evaluated = load_corpus(data, eod=eod, offsets=offsets, dtype=token_dtype)
-    else:
-        evaluated = load_data(data, trust_pickle=trust_pickle)
-    result = _reproduce(
-        code, evaluated, claimed, model, arch, prior, loader, delta, trust_pickle, quiet
-    )
-    if not main_rank:
-        return
-    for line in result.report:
-        console.print(line, highlight=False, markup=False)
-    mismatches = contradictions + result.mismatches
-    if mismatches:
-        for mismatch in mismatches:
-            sys.stderr.write(f"mismatch: {mismatch}\n")
-        raise typer.Exit(1)
-
-
-def specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype) -> dict:
-    """The specs of a compute or verify command line, by name (None: not given); a
-    certificate records those of compute, and verify takes the ones it is not given."""
-    return {
-        "task": None if task is None else task.value,
-        "model": model,
-        "arch": arch,
-        "data": data,
-        "prior": prior,
-        "loader": loader,
-        "eod": eod,
-        "offsets": None if offsets is None else str(offsets),
-        "token_dtype": token_dtype,
-    }
-
-
-def _with_certificate_defaults(
-    given: dict, claimed: dict | None, quiet: bool
-) -> tuple[dict, list[str]]:
-    """The command line's specs, each one not given taken from the certificate's invocation
-    (said on standard error), and the given ones that contradict it (as mismatches)."""
-    stated = claimed.get("invocation") if isinstance(claimed, dict) else None
-    if not isinstance(stated, dict):
-        return given, []
-    settings, contradictions = dict(given), []
-    for key, value in given.items():
-        recorded = stated.get(key)
-        if value is None and recorded is not None:
-            settings[key] = recorded
-            if not quiet:
-                err_console.print(f"using the certificate's --{key.replace('_', '-')} {recorded}")
-        elif value is not None and recorded is not None and str(value) != str(recorded):
-            contradictions.append(
-                f"--{key}: certificate says {recorded}, command line says {value}"
-            )
-    return settings, contradictions
-
-
-def _skeleton(model: str | None, arch: str | None, trust_pickle: bool):
-    """(model to decode into, its architecture spec) from --model or --arch."""
-    from .specs import build_architecture, load_model
-
-    if model is not None:
-        loaded = load_model(model, arch, trust_pickle=trust_pickle)
-        return loaded.model, loaded.architecture
-    if arch is not None:
-        return build_architecture(arch), arch
-    raise ValueError("pass --model (the file given to compute) or --arch to rebuild the model")
-
-
-def _reproduce(code, data, claimed, model, arch, prior, loader, delta, trust_pickle, quiet):
-    """`reproduce` for the CLI: an opaque word is decoded by --loader or the built-in loaders
-    (its file's bytes written to a temporary file for them to read), any other word into a
-    fresh skeleton of the model of --model / --arch."""
-    import tempfile
-
-    from bounds.pipeline.certify import reproduce
-
-    from .specs import describe_loader, load_model, load_prior
-
-    section = claimed.get("code") if isinstance(claimed, dict) else None
-    config = section.get("config") if isinstance(section, dict) else None
-    opaque = isinstance(config, dict) and config.get("kind") == "opaque file"
-    if isinstance(config, dict) and config.get("family") == "requential":
-        from .specs import requential_from_certificate
-
-        return reproduce(
-            code.read_bytes(),
-            None,
-            data,
-            certificate=claimed,
-            code=requential_from_certificate(claimed["prior"]),
-            quiet=quiet,
-        )
-    if not opaque:
-        if loader is not None:
-            raise ValueError("--loader decodes an opaque code word; this certificate's is not")
-        skeleton, architecture = _skeleton(model, arch, trust_pickle)
-        skeleton, prior_object = load_prior(prior, architecture, skeleton, rebuild=True)
-        return reproduce(
-            code.read_bytes(),
-            skeleton,
-            data,
-            certificate=claimed,
-            prior=prior_object,
-            delta=delta,
-            architecture=architecture,
-            quiet=quiet,
-        )
-    if prior is not None:
-        raise ValueError("an opaque code word has no --prior; its decoder is the --loader")
-
-    def load_opaque(contents: bytes):
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "decoded"
-            path.write_bytes(contents)
-            loaded = load_model(
-                str(path), arch, trust_pickle=trust_pickle, loader=loader, opaque=True
-            )
-            return loaded.model
-
-    return reproduce(
-        code.read_bytes(),
-        None,
-        data,
-        certificate=claimed,
-        prior=describe_loader(loader, arch),
-        load_opaque=load_opaque,
-        quiet=quiet,
-    )

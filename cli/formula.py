@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 Delta = Annotated[float, typer.Option(help="Confidence budget δ: the bound holds w.p. ≥ 1 − δ.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.", metavar="")]
 
 
 def _report(title: str, results: list[bounds.Bound], as_json: bool) -> None:
@@ -30,11 +30,9 @@ def _report(title: str, results: list[bounds.Bound], as_json: bool) -> None:
 def occam(
     n: Annotated[int, typer.Option(help="Number of training examples.")],
     bits: Annotated[float, typer.Option(help="Code length K of the hypothesis, in bits.")],
-    errors: Annotated[
-        Optional[int], typer.Option(help="Training errors (0-1 loss).")  # noqa: UP045
-    ] = None,
+    errors: Annotated[int | None, typer.Option(help="Training errors (0-1 loss).")] = None,
     risk: Annotated[
-        Optional[float],  # noqa: UP045
+        float | None,
         typer.Option(help="Mean training loss in the loss range, instead of --errors."),
     ] = None,
     delta: Delta = 0.05,
@@ -42,7 +40,11 @@ def occam(
     loss_max: Annotated[float, typer.Option(help="Upper end b of the loss range.")] = 1.0,
     prefix_free: Annotated[
         bool,
-        typer.Option(help="The code is self-delimiting; otherwise its Elias-δ length is added."),
+        typer.Option(
+            "--prefix-free/--no-prefix-free",
+            help="The code is self-delimiting; otherwise its Elias-δ length is added.",
+            metavar="",
+        ),
     ] = True,
     as_json: Json = False,
 ) -> None:
@@ -71,12 +73,11 @@ def pac_bayes(
     kl: Annotated[float, typer.Option(help="KL(Q‖P) in nats.")],
     delta: Delta = 0.05,
     mc_samples: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(help="Networks sampled from Q to estimate the risk (adds a kl step)."),
     ] = None,
     mc_delta: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(help="δ share of the Monte Carlo step (default δ/2)."),
+        float | None, typer.Option(help="δ share of the Monte Carlo step (default δ/2).")
     ] = None,
     as_json: Json = False,
 ) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from .compute import (
+from .options import (
     CodeKind,
     CodeOption,
     Coder,
     Delta,
+    Device,
     LabelsOption,
     Levels,
     PoolOption,
@@ -30,17 +30,17 @@ from .compute import (
     QatLr,
     Quiet,
     Schemes,
+    Search,
     SharedSeed,
     StudentSeed,
     TestData,
     TrainData,
     TrustPickle,
-    check_device,
-    check_writable,
+    check_inputs,
     requential_options,
     search_grid,
 )
-from .output import Format, err_console, render
+from .output import FittedTables, Format, err_console, render
 
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
 LEVELS, SCHEMES = "4,8,16,32", "kmeans,uniform"
@@ -105,16 +105,9 @@ def architectures(arch: list[str] | None, count: int) -> list[str | None]:
     return list(arch)
 
 
-def sweep_table(result) -> Table:
+def sweep_table(result) -> FittedTables:
     header, cells = result.table()
-    table = Table(title=result.claim, title_justify="left", caption=result.shares_text())
-    table.caption_justify = "left"
-    for index, name in enumerate(header):
-        # Fold, never truncate: an ellipsis would hide digits of a bound.
-        table.add_column(name, justify="left" if index == 0 else "right", overflow="fold")
-    for line in cells:
-        table.add_row(*line)
-    return table
+    return FittedTables(header, cells, title=result.claim, caption=result.shares_text())
 
 
 OutputPath = Optional[Path]  # noqa: UP045 - Typer reads the annotation at run time
@@ -131,7 +124,7 @@ def sweep(
         ),
     ],
     arch: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option(
             help="Architecture factory, module:factory[:key=value,...]: once for every model, "
             "or once per model in the order of the expanded model files. Omit it for "
@@ -147,6 +140,7 @@ def sweep(
             "--simultaneous/--separate",
             help="Split δ evenly over the models so every row holds at once, or make each "
             "row a separate claim at δ.",
+            metavar="",
         ),
     ] = False,
     levels: Levels = LEVELS,
@@ -154,8 +148,9 @@ def sweep(
     coder: Coder = "auto",
     qat_epochs: QatEpochs = 0,
     qat_lr: QatLr = 1e-4,
+    search: Search = None,
     plot: Annotated[
-        Optional[list[Path]],  # noqa: UP045
+        list[Path] | None,
         typer.Option(help="Write the figure here (.png or .pdf); repeat for both."),
     ] = None,
     json_path: Annotated[
@@ -168,11 +163,12 @@ def sweep(
         OutputPath, typer.Option("--markdown", help="Also write the Markdown table here.")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    quiet: Quiet = False,
     trust_pickle: TrustPickle = False,
-    device: Annotated[str, typer.Option(help="Torch device for evaluation.")] = "cpu",
+    device: Device = "cpu",
     code: CodeOption = CodeKind.parameters,
     student_arch: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option(
             help="requential: a student architecture, module:factory[:k=v,...]; repeat it for "
             "one row per student (MODEL is then the one teacher)."
@@ -182,27 +178,28 @@ def sweep(
     labels: LabelsOption = None,
     student_seed: StudentSeed = 0,
     shared_seed: SharedSeed = 0,
-    quiet: Quiet = False,
 ) -> None:
     """Certify every MODEL on DATA: one row per model, sorted by parameter count."""
-    import bounds
     from bounds.reports.plot import check_plot_path, plot_sweep
+
+    plots = [check_plot_path(path) for path in plot or []]
+    files = expand_models(models)
+    check_inputs(
+        delta=delta,
+        data=[data, test_data],
+        outputs=[
+            *((path, "plot") for path in plots),
+            (json_path, "JSON output"),
+            (latex_path, "LaTeX output"),
+            (markdown_path, "Markdown output"),
+        ],
+        device=device,
+    )
+    import bounds
 
     from .specs import load_data, load_model
 
-    bounds.Ledger(delta)  # validates δ before any work
-    check_device(device)
-    plots = [check_plot_path(path) for path in plot or []]
-    outputs = [
-        *((path, "plot") for path in plots),
-        (json_path, "JSON output"),
-        (latex_path, "LaTeX output"),
-        (markdown_path, "Markdown output"),
-    ]
-    for path, what in outputs:
-        check_writable(path, what)
     grid = search_grid(levels, schemes, coder)
-    files = expand_models(models)
     specs = architectures(arch, len(files))
 
     loaded = [
@@ -227,15 +224,17 @@ def sweep(
         models = {name: model.model for name, model in named.items()}
         per_model = {name: {"architecture": m.architecture} for name, m in named.items()}
         family_options = {"grid": grid, "qat_epochs": qat_epochs, "qat_lr": qat_lr}
+        family_options["search"] = None if search is None else search.value
     else:
         if len(named) != 1 or not student_arch:
             raise ValueError(
                 f"--code {code.value} sweeps students of one teacher: give one MODEL (the "
                 "teacher) and --student-arch once per student"
             )
-        if levels != LEVELS or schemes != SCHEMES or qat_epochs:
+        if levels != LEVELS or schemes != SCHEMES or qat_epochs or search is not None:
             raise ValueError(
-                f"--levels, --schemes and --qat-epochs do not apply to --code {code.value}"
+                f"--levels, --schemes, --qat-epochs and --search do not apply to --code "
+                f"{code.value}"
             )
         teacher = next(iter(named.values())).model
         rows = student_names(student_arch)
@@ -245,17 +244,9 @@ def sweep(
             name: {"code": options.family(teacher, spec, data)} for name, spec in rows.items()
         }
         family_options = {}
+    family_options.update(delta=delta, simultaneous=simultaneous, device=device, quiet=quiet)
     result = bounds.sweep(
-        models,
-        train,
-        test_data=test,
-        delta=delta,
-        simultaneous=simultaneous,
-        model_kwargs=per_model,
-        progress=announce,
-        device=device,
-        quiet=quiet,
-        **family_options,
+        models, train, test_data=test, model_kwargs=per_model, progress=announce, **family_options
     )
     texts = (
         (json_path, result.to_json() + "\n"),

@@ -1,6 +1,7 @@
 """Bounds versus width through the library API: train, certify, tabulate, plot.
 
-The same pipeline as `bounds demo`, with its settings spelled out so you can change them:
+The same pipeline as `bounds demo --parameters` (parameter codes of CNNs trained in one random
+subspace), with its settings spelled out so you can change them:
 CNN widths, the subspace dimension d shared by every width, epochs, the quantization
 levels searched, and δ (split over the family so that all rows hold at once).
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bounds.demo import DemoSettings, run_demo
+from bounds.demo import ParameterSettings, run_parameter_demo
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--levels", default="4,8,16,32")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    settings = DemoSettings(
+    settings = ParameterSettings(
         widths=tuple(int(w) for w in args.widths.split(",")),
         dim=args.dim,
         epochs=args.epochs,
@@ -37,7 +38,7 @@ def main() -> None:
         m=args.m,
         levels=tuple(int(level) for level in args.levels.split(",")),
     )
-    result = run_demo(args.out, settings, quiet=args.quiet)
+    result = run_parameter_demo(args.out, settings, quiet=args.quiet)
     print(result.claim)
     print(result.to_markdown())
     for row in result.rows:

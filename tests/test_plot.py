@@ -52,23 +52,25 @@ def test_png_is_written_with_both_panels(result, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert dict(matplotlib.rcParams) == rc_before  # the caller's style is left alone
 
-    errors, bits, code_length = figure.axes  # two panels and the bottom panel's twin axis
+    errors, code_length, bits = figure.axes  # two panels and the bottom panel's twin axis
     assert tuple(figure.get_size_inches()) == pytest.approx((3.4, 4.2))
     assert labels(errors) == ERROR_LINES
-    assert labels(bits) == ["bits per parameter (left)"]
-    assert labels(code_length) == ["code length K in bits (right)"]
+    assert labels(code_length) == ["code length K (left)"]
+    assert labels(bits) == ["bits per parameter (right, log)"]
     assert [text.get_text() for text in errors.get_legend().get_texts()] == ERROR_LINES
-    assert len(bits.get_legend().get_texts()) == 2
+    assert len(code_length.get_legend().get_texts()) == 2
     assert errors.get_ylabel() == "error rate"
-    assert bits.get_xlabel() == "network parameters"
+    assert code_length.get_xlabel() == "network parameters"
     assert code_length.get_ylabel() == "code length K (bits)"
-    assert errors.get_xscale() == bits.get_xscale() == "log"
-    assert code_length.get_yscale() == "log"
+    assert errors.get_xscale() == code_length.get_xscale() == "log"
+    # K on a linear axis from zero, so that its change is drawn at its true relative size.
+    assert code_length.get_yscale() == "linear" and code_length.get_ylim()[0] == 0
+    assert bits.get_yscale() == "log"
 
 
 def test_lines_carry_the_certificates_numbers(result, tmp_path):
     figure = plot_sweep(result, tmp_path / "sweep.png")
-    errors, bits, code_length = figure.axes
+    errors, code_length, bits = figure.axes
     certificates = result.certificates
     params = [cert.model_params for cert in certificates]
     bound, quantized, _, test = errors.get_lines()

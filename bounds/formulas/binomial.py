@@ -376,3 +376,23 @@ def _float_to_bits(value: float) -> int:
 def _bits_to_float(bits: int) -> float:
     """The non-negative double whose IEEE bit pattern is `bits` (ordered like the values)."""
     return float(np.array([bits], dtype=np.int64).view(np.float64)[0])
+
+
+def binomial_lower_limit(k: int, n: int, miss: float) -> float:
+    """One-sided Clopper–Pearson lower confidence limit of a binomial proportion.
+
+    p_L = the p with P[Bin(n, p) ≥ k] = `miss`, i.e. the `miss` quantile of Beta(k, n − k + 1),
+    and p_L = 0 for k = 0 (Clopper & Pearson, Biometrika 26, 1934). For every p,
+    P[p_L(K) > p] ≤ miss over K ~ Bin(n, p). The search uses it only to rule candidates out
+    (`bounds.pipeline.search`); no certified bound depends on it.
+    """
+    _validate.count(n, "n", positive=True)
+    _validate.count(k, "k")
+    if k > n:
+        raise InvalidInput(f"k must be at most n = {n}, got {k}")
+    _validate.delta(miss, "miss")
+    if k == 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(miss, k, n - k + 1))

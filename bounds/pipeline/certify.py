@@ -82,6 +82,7 @@ def certify(
     grid: Sequence[Mapping[str, Any]] | None = None,
     qat_epochs: int = 0,
     qat_lr: float = 1e-4,
+    search: str | None = None,
     methods: Sequence[str] | None = None,
     device: str = "cpu",
     batch_size: int | None = None,
@@ -115,10 +116,10 @@ def certify(
     quiet = quiet or not distributed.is_main()
     task = _task(task, methods, batch_size, device, quiet)
     if code is None:
-        code = _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr)
-    elif any(value for value in (prior, grid, architecture, opaque, qat_epochs)):
+        code = _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr, search)
+    elif any(value for value in (prior, grid, architecture, opaque, qat_epochs, search)):
         raise ValueError(
-            "prior, grid, architecture, opaque and qat_epochs belong to the code family"
+            "prior, grid, architecture, opaque, qat_epochs and search belong to the code family"
         )
     data = task.prepare(train_data, code.grid_size())
     clock = Stopwatch()
@@ -137,13 +138,16 @@ def certify(
         clock.time,
         quiet,
         None if not hasattr(task, "training_loader") else lambda: task.training_loader(train_data),
+        _screen(task, data, float_eval, delta),
     )
     chosen = code.select(model, scoring)
     word = chosen.code
 
-    decoded_eval = clock.time(
-        "evaluation", lambda: task.evaluate(chosen.decoded, data, "decoded model")
-    )
+    decoded_eval = chosen.evaluation
+    if decoded_eval is None:
+        decoded_eval = clock.time(
+            "evaluation", lambda: task.evaluate(chosen.decoded, data, "decoded model")
+        )
     bounds = clock.time("bound", lambda: task.bounds(data, decoded_eval, word.bits, delta))
     test = None
     if test_data is not None:
@@ -184,17 +188,20 @@ def certify(
         data_rows=rows,
         test=test,
         qat=chosen.qat,
+        search=chosen.search,
         timings=clock.seconds,
         versions=versions(),
         code=word,
     )
 
 
-def _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr) -> CodeFamily:
+def _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr, search) -> CodeFamily:
     """The code family the classic arguments describe: an opaque file, or parameter codes."""
     if opaque is not None:
-        if qat_epochs:
-            raise ValueError("an opaque code word is certified as it is; it cannot be fine-tuned")
+        if qat_epochs or search is not None:
+            raise ValueError(
+                "an opaque code word is certified as it is: it has no search and no fine-tuning"
+            )
         return OpaqueFile(prior, code=opaque, architecture=architecture)
     return ParameterCodes(
         task.default_grid() if grid is None else grid,
@@ -202,7 +209,17 @@ def _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr) -> Code
         architecture=architecture,
         qat_epochs=qat_epochs,
         qat_lr=qat_lr,
+        search=search or "screened",
     )
+
+
+def _screen(task: Task, data: Any, float_eval: Any, delta: float):
+    """The task's screen for the search (`bounds.pipeline.search.Screen`), or None."""
+    if not hasattr(task, "screen"):
+        return None
+    from bounds.pipeline.search import SCREEN_MISS, SCREEN_SEED
+
+    return task.screen(data, float_eval, delta, seed=SCREEN_SEED, miss=SCREEN_MISS)
 
 
 def certify_lm(

@@ -25,6 +25,7 @@ import torch
 
 from bounds.pipeline import distributed
 from bounds.pipeline.decoder import Architecture, Decoder, wrapped_network
+from bounds.pipeline.search import Screen, choose_code, state_digest
 from bounds.reports.progress import progress_bar
 
 
@@ -32,8 +33,9 @@ from bounds.reports.progress import progress_bar
 class Scoring:
     """What a family's selection may use: `evaluate(model)` on the training data,
     `headline(bits, evaluation)` its headline bound, `floor(bits)` a value no evaluation beats,
-    `describe(evaluation)` what a candidate lists, `time(stage, work)` the stopwatch, and
-    `training_loader()` (or None) for fine-tuning."""
+    `describe(evaluation)` what a candidate lists, `time(stage, work)` the stopwatch,
+    `training_loader()` (or None) for fine-tuning, and `screen` (or None), the task's cheap
+    estimate from a subsample (`bounds.pipeline.search.Screen`)."""
 
     evaluate: Callable[[torch.nn.Module], Any]
     headline: Callable[[int, Any], float]
@@ -42,6 +44,7 @@ class Scoring:
     time: Callable[[str, Callable[[], Any]], Any]
     quiet: bool
     training_loader: Callable[[], Any] | None = None
+    screen: Screen | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Selection:
     network: torch.nn.Module
     qat: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # what the claim must add about the certified model
+    search: dict[str, Any] = field(default_factory=dict)  # how the word was chosen
+    # The decoded model's evaluation on the training data when the selection already made it
+    # (on bitwise the same weights); None: certify evaluates the decoded model.
+    evaluation: Any = None
 
     @property
     def grid_fingerprint(self) -> str:
@@ -90,17 +97,6 @@ class CodeFamily(Protocol):
     def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding: ...
 
 
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of tensor names, dtypes, shapes and bytes: equal digests mean equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in state.items():
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(
-            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()
-
-
 def network_parameters(model: torch.nn.Module) -> int:
     """Parameters of the network that is evaluated; for a subspace model, the wrapped one."""
     return sum(parameter.numel() for parameter in wrapped_network(model).parameters())
@@ -118,89 +114,21 @@ def describe_prior(prior: Any, architecture: Architecture | None = None) -> dict
     return description
 
 
-@dataclass(frozen=True)
-class Choice:
-    """The code word chosen from the grid and what every candidate scored."""
-
-    code: Any
-    candidates: list[dict[str, Any]]
-
-
-def choose_code(
-    model: torch.nn.Module,
-    decoder: Decoder,
-    prior: Any,
-    grid: Sequence[Mapping[str, Any]],
-    score: Callable[[torch.nn.Module], Any],
-    headline: Callable[[int, Any], float],
-    floor: Callable[[int], float],
-    describe: Callable[[Any], dict[str, Any]],
-    *,
-    quiet: bool,
-) -> Choice:
-    """Compress with every configuration of `grid` and keep the smallest headline bound.
-
-    `decoder(state)` builds a candidate's model; `score(decoded_model)` evaluates it;
-    `headline(bits, evaluation)` is its bound; `floor(bits)` is the best bound any
-    evaluation could give with that many bits; `describe(evaluation)` is what the
-    certificate lists of each candidate. The
-    choice is paid for by the grid index in the code word, so any rule is honest; this one is
-    fixed in advance. Candidates come shortest first; one whose floor is no better than the
-    best bound so far cannot win (the bound grows with the loss), so it is not evaluated.
-    Different configurations can decode to the same weights (one tensor coded "global" or
-    "per tensor"); such a candidate reuses the evaluation instead of repeating it.
-    """
-    from quantize import search
-
-    best_so_far = [float("inf")]
-    evaluated: dict[str, Any] = {}
-
-    def evaluate_state(state: Mapping[str, torch.Tensor]) -> Any:
-        digest = state_digest(state)
-        if digest not in evaluated:
-            evaluated[digest] = score(decoder(state))
-        return evaluated[digest]
-
-    def record(candidate) -> None:
-        if candidate.risk is not None:
-            best_so_far[0] = min(best_so_far[0], headline(candidate.bits, candidate.risk))
-        steps.advance()
-
-    with progress_bar("quantization search", len(grid), quiet) as steps:
-        result = search(
-            model,
-            evaluate_state,
-            grid,
-            prior,
-            progress=record,
-            skip=lambda code: floor(code.bits) >= best_so_far[0],
-        )
-    candidates = [
-        {
-            "index": c.index,
-            "config": c.config,
-            "bits": c.bits,
-            "evaluated": c.risk is not None,
-            **({} if c.risk is None else describe(c.risk)),
-            "bound": None if c.risk is None else headline(c.bits, c.risk),
-        }
-        for c in result.candidates
-    ]
-    code = result.best(key=lambda c: (headline(c.bits, c.risk), c.bits)).code
-    return Choice(code, candidates)
-
-
-def decoded_model(decoder: Decoder, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes]:
-    """What the project's decoder makes of the code word's bytes, and those bytes."""
+def decoded_model(decoder: Decoder, code: Any, prior: Any) -> tuple[torch.nn.Module, bytes, str]:
+    """What the project's decoder makes of the code word's bytes, those bytes, and the
+    digest of the decoded weights."""
     from quantize import Code
 
     word = code.to_bytes()
-    return decoder(Code.from_bytes(word, prior).decode(prior)), word
+    state = Code.from_bytes(word, prior).decode(prior)
+    return decoder(state), word, state_digest(state)
 
 
 class ParameterCodes:
-    """Quantized, entropy-coded weights (`quantize`): every configuration of `grid` is tried
-    (shortest word first, pruned by the floor), the best headline bound is kept, and with
+    """Quantized, entropy-coded weights (`quantize`): every configuration of `grid` is
+    compressed and the one with the best headline bound among those evaluated on the whole
+    training set is kept, by the `search` rule (`bounds.pipeline.search`: "screened" ranks
+    them on a subsample first, "exhaustive" evaluates all that can still win); with
     `qat_epochs` the chosen configuration is fine-tuned. The decoded model is a fresh
     skeleton of `architecture` holding the decoded tensors (`bounds.pipeline.decoder`)."""
 
@@ -214,14 +142,18 @@ class ParameterCodes:
         architecture: Any = None,
         qat_epochs: int = 0,
         qat_lr: float = 1e-4,
+        search: str = "screened",
     ) -> None:
+        from bounds.pipeline.search import RULES
         from quantize.search import full_configs
 
         self.grid = full_configs(grid)
         if not self.grid:
             raise ValueError("the search grid is empty: give at least one configuration")
+        if search not in RULES:
+            raise ValueError(f"unknown search rule {search!r}; use one of {RULES}")
         self.prior, self.architecture = prior, architecture
-        self.qat_epochs, self.qat_lr = qat_epochs, qat_lr
+        self.qat_epochs, self.qat_lr, self.search = qat_epochs, qat_lr, search
 
     def grid_size(self) -> int:
         return len(self.grid)
@@ -234,17 +166,7 @@ class ParameterCodes:
         _, prior = coded_state(model, self.prior)
         choice = scoring.time(
             "search",
-            lambda: choose_code(
-                model,
-                decoder,
-                prior,
-                self.grid,
-                scoring.evaluate,
-                scoring.headline,
-                scoring.floor,
-                scoring.describe,
-                quiet=scoring.quiet,
-            ),
+            lambda: choose_code(model, decoder, prior, self.grid, scoring, rule=self.search),
         )
         code, qat = choice.code, {"epochs": self.qat_epochs}
         if self.qat_epochs > 0:
@@ -272,8 +194,9 @@ class ParameterCodes:
                 # deterministic: all ranks take rank 0's word.
                 word = distributed.broadcast_object(code.to_bytes())
                 code = Code.from_bytes(word, prior).with_config(code.config)
-        # The bound is about what the project's decoder makes of the bytes, so evaluate that.
-        decoded, word = decoded_model(decoder, code, prior)
+        # The bound is about what the project's decoder makes of the bytes, so evaluate that
+        # (the search's evaluation serves when it was made on bitwise the same weights).
+        decoded, word, digest = decoded_model(decoder, code, prior)
         return Selection(
             code,
             word,
@@ -284,6 +207,8 @@ class ParameterCodes:
             decoder.architecture.spec,
             decoder.skeleton,
             qat,
+            search=choice.search,
+            evaluation=choice.evaluation if digest == choice.digest else None,
         )
 
     def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding:

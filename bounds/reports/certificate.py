@@ -12,7 +12,10 @@ advance. JSON schema (``schema_version`` 2), all numbers plain JSON numbers:
   evaluated network; for a subspace model, of the wrapped network), bits_per_param,
   breakdown (bits by part, summing to K), config, grid_index, sha256 of the code word.
 - ``grid``: size, fingerprint (sha256) and the configurations (declared before the data).
-- ``candidates``: every configuration tried, with its bits, losses and headline bound.
+- ``candidates``: every configuration tried, with its bits, and for those evaluated on the
+  whole training set their losses and headline bound (``screen``: its subsample estimate).
+- ``search``: the rule that chose among them, how many full evaluations it made, and whether
+  every candidate left out was ruled out (``settled``) or the choice was made on the estimate.
 - ``bounds``: {loss: {method: ``bounds.Bound.to_dict()``}}, all about the decoded model;
   ``risks``: what each method bounds.
 - ``test``: null or {summary, bounds: {loss: Bound}} on held-out data (own claims at δ).
@@ -54,6 +57,21 @@ def shown(bound: Bound) -> str:
     return f"{bound.value:.4f}"
 
 
+def search_summary(search: Mapping[str, Any], grid_size: int) -> str:
+    """How the word was chosen from the grid, in one line."""
+    full = search["full_evaluations"]
+    if search["rule"] != "screened":
+        return f"{full} of {grid_size} candidates evaluated on the training set (exhaustive)"
+    text = (
+        f"{grid_size} candidates ranked on {search['sample']:,} training examples, "
+        f"{full} evaluated on all of them"
+    )
+    if search["settled"]:
+        return text + "; no other could beat the chosen one"
+    others = ", ".join(str(index) for index in search["not_excluded"])
+    return text + f"; chosen on the estimate (candidates {others} were not ruled out)"
+
+
 @dataclass(frozen=True)
 class Certificate:
     """Certified bounds on a decoded model's losses, with the full breakdown."""
@@ -83,6 +101,7 @@ class Certificate:
     data_rows: list[tuple[str, str]] = field(default_factory=list)
     test: dict[str, Any] | None = None
     qat: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     invocation: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +167,7 @@ class Certificate:
                 "bounds": {loss: bound.to_dict() for loss, bound in self.test["bounds"].items()},
             },
             "qat": self.qat,
+            "search": self.search,
             "timings": self.timings,
             "versions": self.versions,
             "invocation": self.invocation,
@@ -188,6 +208,8 @@ class Certificate:
             ("prior fingerprint", self.prior.get("fingerprint") or "none"),
             ("grid", f"{len(self.grid)} configurations, sha256 {self.grid_fingerprint[:16]}…"),
         ]
+        if self.search:
+            rows.append(("search", search_summary(self.search, len(self.grid))))
         return rows
 
     def to_markdown(self) -> str:

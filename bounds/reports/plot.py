@@ -1,10 +1,18 @@
 """Figure of a sweep for a paper: how the bound and the code length change with model size.
 
 One column wide (3.4 in), two panels sharing a logarithmic x axis (network parameters):
-top, the headline Occam bound, the quantized and float training errors and the test error;
-bottom, bits per parameter (left axis) and the code length K in bits (right axis, log).
-Drawn with ``matplotlib.figure.Figure`` on an Agg canvas, so no pyplot state and no
-global backend is touched.
+top, the headline Occam bound, the decoded model's training and test errors and the float
+model's training error; bottom, the code length K in bits on a linear axis that starts at
+zero (so a flat K looks flat and a falling K falls by what it really falls), and bits per
+parameter on a logarithmic right axis.
+
+Requential rows (``code_config["family"] == "requential"``) certify a *student* re-trained by
+the decoder from a teacher's coded labels: the x axis is then the student's size, the decoded
+error is the student's, and the "float" model is the teacher, drawn as a horizontal reference
+line when every row has the same one.
+
+Drawn with ``matplotlib.figure.Figure`` on an Agg canvas, so no pyplot state and no global
+backend is touched.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ def _compact(count: float) -> str:
     return f"{count:.3g}"
 
 
+def _requential(certificates: list[Certificate]) -> bool:
+    return all(cert.code_config.get("family") == "requential" for cert in certificates)
+
+
 def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300) -> Figure:
     """Draw `result` and write it to `path` (PNG or PDF by suffix); return the Figure."""
     import matplotlib
@@ -66,74 +78,83 @@ def plot_sweep(result: SweepResult, path: str | PathLike[str], *, dpi: int = 300
     certificates = result.certificates
     params = [cert.model_params for cert in certificates]
     headline = certificates[0].best.method
-    series: list[tuple[str, str, Callable[[Certificate], float | None]]] = [
+    students = _requential(certificates)
+    decoded = "student train error" if students else "quantized train error"
+    tested = "student test error" if students else "test error (quantized)"
+    series: list[tuple[str, str, str, Callable[[Certificate], float | None]]] = [
         (
             f"{headline} Occam bound",
             "o-",
+            "C0",
             lambda cert: cert.bounds[cert.headline[0]][headline].value,
         ),
-        ("quantized train error", "s-", lambda cert: cert.train_loss("decoded")),
-        ("float train error", "^--", lambda cert: cert.train_loss("float")),
-        (
-            "test error (quantized)",
-            "d-",
-            lambda cert: cert.test_loss(),
-        ),
+        (decoded, "s-", "C1", lambda cert: cert.train_loss("decoded")),
+        ("float train error", "^--", "C2", lambda cert: cert.train_loss("float")),
+        (tested, "d-", "C3", lambda cert: cert.test_loss()),
     ]
+    teacher = {cert.train_loss("float") for cert in certificates}
     with matplotlib.rc_context(_STYLE):
         figure = Figure(figsize=(_WIDTH_INCHES, _HEIGHT_INCHES), layout="constrained")
         FigureCanvasAgg(figure)
-        errors, bits = figure.subplots(2, 1, sharex=True)
+        errors, lengths = figure.subplots(2, 1, sharex=True)
 
         highest = 0.0
-        for label, style, value in series:
+        for label, style, color, value in series:
             points = [(c.model_params, value(c)) for c in certificates if value(c) is not None]
-            if points:  # the test error only when test data was given
-                x, y = zip(*points, strict=True)
-                errors.plot(x, y, style, label=label)
-                highest = max(highest, *y)
+            if not points:  # the test error only when test data was given
+                continue
+            x, y = zip(*points, strict=True)
+            highest = max(highest, *y)
+            if students and label == "float train error":
+                # One teacher for every row: a reference, not a function of the student's size.
+                (level,) = teacher if len(teacher) == 1 else (None,)
+                if level is not None:
+                    errors.axhline(level, color=color, linestyle="--", label="teacher train error")
+                    continue
+                label = "teacher train error"
+            errors.plot(x, y, style, color=color, label=label)
         errors.set_xscale("log")
         errors.set_ylabel("error rate")
         errors.set_ylim(0, 1.08 * highest if highest > 0 else 1.0)
         kind = "simultaneous" if result.simultaneous else "separate claims"
-        errors.set_title(f"bounds at δ = {result.delta:g} ({kind})")
-        errors.legend(loc="best", frameon=False)
+        family = "requential codes, " if students else ""
+        errors.set_title(f"{family}bounds at δ = {result.delta:g} ({kind})")
+        errors.legend(loc="best", frameon=True, framealpha=0.85, edgecolor="none")
         errors.grid(True, which="major", alpha=0.3)
 
-        code_length = bits.twinx()
+        per_parameter = lengths.twinx()
+        code_bits = [cert.code_bits for cert in certificates]
         lines = [
-            axis.plot(
-                params, [value(cert) for cert in certificates], style, color=color, label=label
-            )[0]
-            for axis, value, style, color, label in (
-                (bits, lambda cert: cert.bits_per_param, "o-", "C4", "bits per parameter (left)"),
-                (
-                    code_length,
-                    lambda cert: cert.code_bits,
-                    "s--",
-                    "C5",
-                    "code length K in bits (right)",
-                ),
-            )
+            lengths.plot(params, code_bits, "s-", color="C5", label="code length K (left)")[0],
+            per_parameter.plot(
+                params,
+                [cert.bits_per_param for cert in certificates],
+                "o--",
+                color="C4",
+                label="bits per parameter (right, log)",
+            )[0],
         ]
-        bits.set_xscale("log")
+        lengths.set_xscale("log")
         # Ticks at the models' sizes: log-axis minor labels of a narrow range overlap.
-        bits.xaxis.set_major_locator(FixedLocator(sorted(set(params))))
-        bits.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
-        bits.xaxis.set_minor_formatter(NullFormatter())
-        bits.set_xlabel("network parameters")
-        bits.set_ylabel("bits per parameter")
-        code_length.set_yscale("log")
-        code_length.set_ylabel("code length K (bits)")
+        lengths.xaxis.set_major_locator(FixedLocator(sorted(set(params))))
+        lengths.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+        lengths.xaxis.set_minor_formatter(NullFormatter())
+        lengths.set_xlabel("student parameters" if students else "network parameters")
+        # Linear from zero: the change of K is shown at its true relative size.
+        lengths.set_ylim(0, 1.12 * max(code_bits) if max(code_bits) > 0 else 1.0)
+        lengths.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+        lengths.set_ylabel("code length K (bits)")
+        per_parameter.set_yscale("log")
+        per_parameter.set_ylabel("bits per parameter")
         # Above the panel: "best" cannot see the twin axis' line and would cover it.
-        bits.legend(
+        lengths.legend(
             handles=lines,
             loc="lower center",
             bbox_to_anchor=(0.5, 1.0),
             ncol=2,
             frameon=False,
         )
-        bits.grid(True, which="major", alpha=0.3)
+        lengths.grid(True, which="major", alpha=0.3)
 
         figure.savefig(path, format=path.suffix.lower().lstrip("."), dpi=dpi)
     return figure

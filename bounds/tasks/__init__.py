@@ -24,6 +24,13 @@ class Task(Protocol):
     evaluates again); `headline` is the (loss, method) of the claim, fixed in advance.
     Evaluations are opaque to the pipeline; in a process group `evaluate` must return the
     same result on every rank as one process would.
+
+    Two methods are optional. ``training_loader(data)``: the loader quantization-aware
+    fine-tuning trains on. ``screen(data, evaluation, delta, *, seed, miss)``: a
+    `bounds.pipeline.search.Screen` that estimates a candidate's headline bound from a
+    seeded subsample of the training data, so that the search evaluates only the most
+    promising candidates on all of it (None, or no such method: every candidate that can
+    still win is evaluated in full).
     """
 
     name: str

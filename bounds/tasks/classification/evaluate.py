@@ -330,6 +330,16 @@ def _evaluate_batch(
     model: torch.nn.Module, batch, device: str, offset: int
 ) -> tuple[int, int, float]:
     """(examples, argmax errors, float64 cross-entropy sum) of one batch."""
+    logits, labels = _logits(model, batch, device, offset)
+    errors = int((logits.argmax(dim=-1) != labels).sum())
+    loss = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="sum")
+    return len(labels), errors, float(loss)
+
+
+def _logits(
+    model: torch.nn.Module, batch, device: str, offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 logits [B, C] of one batch (inputs, labels) and its checked labels."""
     if not isinstance(batch, list | tuple) or len(batch) != 2:
         raise ValueError("each batch of the data must be a pair (inputs, labels)")
     inputs, labels = batch[0].to(device), batch[1].to(device)
@@ -340,10 +350,31 @@ def _evaluate_batch(
         shape = tuple(inputs.shape)
         raise ValueError(f"the model rejects inputs of shape {shape}: {first}") from None
     _check_labels(labels, logits, offset)
-    logits = logits.double()
-    errors = int((logits.argmax(dim=-1) != labels).sum())
-    loss = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="sum")
-    return len(labels), errors, float(loss)
+    return logits.double(), labels
+
+
+@torch.no_grad()
+def example_errors(
+    model: torch.nn.Module, data, *, device: str = "cpu", batch_size: int = 1024
+) -> np.ndarray:
+    """Whether `model`'s argmax misses the label, per example of `data` in order (bool [n]).
+    A pair of tensors (inputs, labels) is sliced into batches directly."""
+    if isinstance(data, tuple) and all(isinstance(part, torch.Tensor) for part in data):
+        x, y = data
+        batches = (
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)
+        )
+    else:
+        batches = as_loader(data, batch_size)
+    if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
+        model = model.to(device)
+    model.eval()
+    wrong, offset = [], 0
+    for batch in batches:
+        logits, labels = _logits(model, batch, device, offset)
+        wrong.append((logits.argmax(dim=-1) != labels).cpu().numpy())
+        offset += len(labels)
+    return np.concatenate(wrong) if wrong else np.zeros(0, dtype=bool)
 
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor, offset: int) -> None:

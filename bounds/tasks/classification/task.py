@@ -17,6 +17,8 @@ from bounds.formulas.result import Bound
 from bounds.formulas.test_set import test_set_bound
 
 DEFAULT_METHODS = ("binomial", "kl", "catoni")
+#: Training examples the search screens every candidate on (`screen`).
+SCREEN_EXAMPLES = 2048
 
 
 def occam_bounds(n: int, code_bits: int, errors: int, delta: float, methods) -> dict[str, Bound]:
@@ -88,6 +90,65 @@ class Classification:
 
     def floor(self, data: Any, evaluation: Any, code_bits: int, delta: float) -> float:
         return occam_bound(evaluation.n, code_bits, delta, errors=0, method=self.headline[1]).value
+
+    def screen(self, data: Any, evaluation: Any, delta: float, *, seed: int, miss: float) -> Any:
+        """Per-example errors on s = SCREEN_EXAMPLES training examples drawn without
+        replacement (seed `seed`): a cheap estimate of a candidate's headline bound. Estimate:
+        n·e/s errors.
+        Optimistic: a lower confidence limit of the candidate's full-set errors, either
+        n·p_L(e) (Clopper–Pearson at `miss`) or, against the best candidate b evaluated in
+        full with k_b errors, k_b + n·p_L(a) − n·p_U(d) from the sample's discordant examples
+        (a: it errs where b does not; d: the other way; each limit at miss/2), which is far
+        tighter because quantized copies of one model err on nearly the same examples. None
+        when the subsample would be the whole set (`evaluation` is the float model's, for n).
+        """
+        import math
+
+        import numpy as np
+        from torch.utils.data import DataLoader, Subset
+
+        from bounds.formulas.binomial import binomial_lower_limit
+        from bounds.pipeline.search import Screen
+        from bounds.tasks.classification.evaluate import as_loader, example_errors
+
+        n, method, size = evaluation.n, self.headline[1], SCREEN_EXAMPLES
+        if size >= n:
+            return None
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+        loader = as_loader(data, self.batch_size)
+        # Loaded once, as one batch: every candidate is scored on these same tensors.
+        whole = DataLoader(
+            Subset(loader.dataset, indices.tolist()), batch_size=size, collate_fn=loader.collate_fn
+        )
+        sample = next(iter(whole))
+        if isinstance(sample, list):
+            sample = tuple(sample)
+
+        def bound(bits: int, errors: float) -> float:
+            errors = min(n, max(0, math.floor(errors)))
+            return occam_bound(n, bits, delta, errors=errors, method=method).value
+
+        def optimistic(bits: int, wrong: np.ndarray, best: tuple | None) -> float:
+            if best is None:
+                return bound(bits, n * binomial_lower_limit(int(wrong.sum()), size, miss))
+            best_wrong, best_full = best
+            gained = int((wrong & ~best_wrong).sum())
+            lost = int((best_wrong & ~wrong).sum())
+            low = binomial_lower_limit(gained, size, miss / 2)
+            high = 1.0 - binomial_lower_limit(size - lost, size, miss / 2)
+            return bound(bits, best_full.errors + n * low - math.ceil(n * high))
+
+        return Screen(
+            evaluate=lambda model: example_errors(
+                model, sample, device=self.device, batch_size=self.batch_size
+            ),
+            estimate=lambda bits, wrong: bound(bits, round(wrong.mean() * n)),
+            optimistic=optimistic,
+            describe=lambda wrong: {"n": size, "losses": {"error": float(wrong.mean())}},
+            size=size,
+            seed=seed,
+            miss=miss,
+        )
 
     def summary(self, evaluation: Any) -> dict[str, Any]:
         return {

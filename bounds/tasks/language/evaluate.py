@@ -51,16 +51,6 @@ SUMMED_FIELDS = (
     "topk_errors",
     "topk_square",
 )
-#: The causality check (`check_causal`): windows of the corpus and of random tokens it tests,
-#: and cut points drawn per window besides the first and the last position.
-CAUSAL_CORPUS_WINDOWS = 2
-CAUSAL_RANDOM_WINDOWS = 1
-CAUSAL_RANDOM_CUTS = 3
-# Fixed, so the same windows, cut points and replacement tokens are tested in every run and
-# whether a model is accepted never depends on chance.
-_CAUSAL_SEED = 0x63617573616C
-#: Tokens read at a time by `corpus_digest`, to bound memory on a memory-mapped stream.
-_HASH_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -238,6 +228,16 @@ def evaluate_lm(
     )
 
 
+#: The causality check (`check_causal`): windows of the corpus and of random tokens it tests,
+#: and cut points drawn per window besides the first and the last position.
+CAUSAL_CORPUS_WINDOWS = 2
+CAUSAL_RANDOM_WINDOWS = 1
+CAUSAL_RANDOM_CUTS = 3
+# Fixed, so the same windows, cut points and replacement tokens are tested in every run and
+# whether a model is accepted never depends on chance.
+_CAUSAL_SEED = 0x63617573616C
+
+
 def check_causal(
     model: Callable[[torch.Tensor], Any],
     corpus: TokenCorpus,
@@ -342,6 +342,10 @@ def _refuse(model, batch, logits, vocab_size: int, label: str, t: int, position:
 def _differs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Where two logit tensors differ in value (NaN equals NaN: that fault is reported later)."""
     return (a != b) & ~(a.isnan() & b.isnan())
+
+
+#: Tokens read at a time by `corpus_digest`, to bound memory on a memory-mapped stream.
+_HASH_CHUNK = 1 << 22
 
 
 def corpus_digest(corpus: TokenCorpus) -> str:

@@ -26,6 +26,8 @@ from bounds.formulas.sequence import DEFAULT_ALPHA_GRID, bernstein_bound, smooth
 from bounds.pipeline import distributed
 
 DEFAULT_TOP_K = (1,)
+#: The search screens every candidate on ⌈D / SCREEN_DOCUMENT_SHARE⌉ drawn documents.
+SCREEN_DOCUMENT_SHARE = 8
 
 RISKS = {
     "document_kl": "expected loss of a new document (mean over its tokens); documents i.i.d.",
@@ -167,23 +169,18 @@ class LanguageModelling:
         distributed.run_checked(lambda: None, lambda _: self._agreed(model, corpus))
         evaluation = distributed.run_checked(
             lambda: evaluate_lm(
-                model,
-                corpus,
-                context=self.context,
-                stride=self.stride,
-                alphas=self.alphas,
-                top_k=self.top_k,
-                batch_size=self.batch_size,
-                device=self.device,
-                quiet=self.quiet,
-                shard=shard,
-                description=description,
+                model, corpus, shard=shard, description=description, **self._scoring()
             )
         )
         if shard is None:
             return evaluation
         summed = {k: distributed.sum_disjoint(v) for k, v in evaluation.arrays().items()}
         return evaluation.with_arrays(summed)
+
+    def _scoring(self) -> dict[str, Any]:
+        """The keyword arguments of `evaluate_lm` that this task fixes."""
+        names = ("context", "stride", "alphas", "top_k", "batch_size", "device", "quiet")
+        return {name: getattr(self, name) for name in names}
 
     def _agreed(self, model: Any, corpus: Any) -> dict[str, Any]:
         """What all ranks must share for their per-window sums to add up to one evaluation."""
@@ -239,6 +236,66 @@ class LanguageModelling:
                 choices=len(self.alphas),
             ).value
             for alpha in self.alphas
+        )
+
+    def screen(self, data: Plan, evaluation: Any, delta: float, *, seed: int, miss: float) -> Any:
+        """Bits per token of s = ⌈D/8⌉ of the D documents, drawn with replacement in
+        proportion to their scored tokens (seed `seed`): each draw's mean loss is an unbiased
+        draw of the corpus's token mean. Estimate: the headline token Bernstein bound with
+        the draws' mean smoothed loss and mean squared forecast error in place of the
+        corpus's (best α). Optimistic: the same with the mean at its Hoeffding lower limit
+        (miss probability `miss` per α) and no forecast error at all. None when the task
+        already evaluates a subsample or the draws would not be a small part of the corpus."""
+        import math
+
+        from bounds.pipeline.search import Screen
+
+        documents, tokens = data.sampling.documents, data.sampling.tokens
+        size = math.ceil(documents / SCREEN_DOCUMENT_SHARE)
+        if data.sampling.sampled or 2 * size > documents:
+            return None
+        plan = plan_evaluation(data.corpus, size, seed)
+        ranges = [smoothed_loss_range(alpha, evaluation.vocab_size) for alpha in self.alphas]
+        margin = math.sqrt(math.log(1 / miss) / (2 * size))
+
+        def draws(sampled: Any) -> tuple[np.ndarray, np.ndarray]:
+            """Per α: the draws' mean smoothed loss (bits) and mean squared forecast error."""
+            drawn = plan.sampling.weighted
+            counts = sampled.tokens[drawn][:, None]
+            means = sampled.smoothed_bits[drawn] / counts
+            return means.mean(axis=0), (sampled.smoothed_square[drawn] / counts).mean(axis=0)
+
+        def headline(bits: int, means: Any, squares: Any) -> float:
+            return min(
+                bernstein_bound(
+                    float(np.clip(mean, *loss_range)),
+                    tokens,
+                    bits,
+                    delta,
+                    square_sum=float(square) * tokens,
+                    loss_range=loss_range,
+                    choices=len(self.alphas),
+                ).value
+                for mean, square, loss_range in zip(means, squares, ranges, strict=True)
+            )
+
+        def optimistic(bits: int, sampled: Any, best: Any) -> float:
+            means, _ = draws(sampled)
+            widths = [high - low for low, high in ranges]
+            lower = [mean - width * margin for mean, width in zip(means, widths, strict=True)]
+            return headline(bits, lower, np.zeros(len(ranges)))
+
+        return Screen(
+            evaluate=lambda model: self.evaluate(model, plan, "screening candidate").per_document(),
+            estimate=lambda bits, sampled: headline(bits, *draws(sampled)),
+            optimistic=optimistic,
+            describe=lambda sampled: {
+                "n": size,
+                "losses": {"bits": float(draws(sampled)[0].min())},
+            },
+            size=size,
+            seed=seed,
+            miss=miss,
         )
 
     def summary(self, evaluation: Any) -> dict[str, Any]:

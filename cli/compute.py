@@ -9,6 +9,8 @@ import typer
 from rich.console import Group
 from rich.table import Table
 
+from bounds.tasks.classification.task import DEFAULT_LEVELS
+
 from .options import (
     DEFAULT_DATA,
     Arch,
@@ -74,7 +76,9 @@ def compute(
     delta: Delta = 0.05,
     levels: Annotated[
         str | None,
-        typer.Option(help="Quantization levels to search (default 4,8,16,32; lm 8,16,32)."),
+        typer.Option(
+            help="Quantization levels to search (default 3,4,6,8,12,16,24,32,48,64; lm 8,16,32)."
+        ),
     ] = None,
     schemes: Annotated[
         str | None, typer.Option(help="Quantizers to search (default kmeans,uniform; lm kmeans).")
@@ -264,7 +268,7 @@ def compute(
     grid = None
     if levels is not None or schemes is not None or coder != "auto":
         grid = search_grid(
-            levels or ("4,8,16,32" if task is Task.classify else "8,16,32"),
+            levels or (",".join(map(str, DEFAULT_LEVELS)) if task is Task.classify else "8,16,32"),
             schemes or ("kmeans,uniform" if task is Task.classify else "kmeans"),
             coder,
         )

@@ -17,6 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from bounds.tasks.classification.task import DEFAULT_LEVELS
+
 from .options import (
     CodeKind,
     CodeOption,
@@ -43,7 +45,7 @@ from .options import (
 from .output import FittedTables, Format, err_console, render
 
 MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
-LEVELS, SCHEMES = "4,8,16,32", "kmeans,uniform"
+LEVELS, SCHEMES = ",".join(map(str, DEFAULT_LEVELS)), "kmeans,uniform"
 _GLOB_CHARACTERS = "*?["
 
 

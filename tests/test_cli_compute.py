@@ -280,3 +280,38 @@ def test_verify_with_only_the_certificate_uses_its_own_settings(tmp_path, monkey
     status, _, err = run_cli(capsys, "verify", "own.code", "--certificate", "own.json",
                              "--data", "other.npz", "-q")  # fmt: skip
     assert status == 1 and "--data: certificate says own.npz, command line says other.npz" in err
+
+
+def test_a_missing_file_is_reported_before_torch_is_imported(tmp_path):
+    """Paths and options are checked first: a typo costs no torch import."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from cli.app import main\n"
+        "try:\n"
+        "    main(['compute', 'missing.pt', '--test-data', 'missing.npz', '-q'])\n"
+        "except SystemExit as stop:\n"
+        "    print(stop.code, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert result.stderr == "error: model file 'missing.pt' does not exist\n"
+
+
+def test_help_names_arguments_and_data_specs_and_shows_no_value_on_flags(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option, so each can be read alone
+    _, compute_help, _ = run_cli(capsys, "compute", "--help")
+    _, verify_help, _ = run_cli(capsys, "verify", "--help")
+    assert "bounds compute [OPTIONS] {MODEL}" in compute_help
+    assert "bounds verify [OPTIONS] {CODE}" in verify_help
+    for form in ("mnist1d[:n=N,m=M,seed=S]", "FILE.npz", "module:function", "stdlib"):
+        assert form in compute_help, form
+    flags = ("--code-file", "--trust-pickle", "--distributed", "--quiet")
+    for line in compute_help.splitlines():
+        if any(f"│ {flag} " in line for flag in flags):
+            assert "<bool>" not in line, line
+    assert "--device" in verify_help

@@ -37,3 +37,29 @@ def test_columns_go_to_stacked_tables_that_repeat_the_labels():
     assert wide.count("width 8") == 1  # every column side by side
     assert narrow.count("width 8") >= 2  # the label column heads every stacked table
     assert narrow.index("claim") < narrow.index("width 8") < narrow.rindex("shares")
+
+
+def test_markdown_keeps_the_code_length_breakdown_in_a_table_of_its_own():
+    import torch
+    from torch import nn
+
+    import bounds
+
+    def network() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = (
+        torch.randn(500, 8, generator=generator),
+        torch.randint(0, 4, (500,), generator=generator),
+    )
+    certificate = bounds.certify(network(), (x, y), architecture=network)
+    markdown = certificate.to_markdown()
+    summary, parts = markdown.split("| part of K | bits |")
+    assert "| code length K |" in summary and "| payload |" not in summary
+    rows = [line.split("|")[1:3] for line in parts.strip().splitlines()[1:]]
+    assert {name.strip(): int(bits.replace(",", "")) for name, bits in rows} == (
+        certificate.code_breakdown
+    )
+    assert sum(certificate.code_breakdown.values()) == certificate.code_bits

@@ -11,7 +11,7 @@ the search takes. Two rules, fixed before the data is seen:
   subsample risk) and the most promising are evaluated on the whole set, at most
   `MAX_FULL_EVALUATIONS`, until every unevaluated candidate is ruled out: its floor or its
   *optimistic* bound (exact K, a lower confidence limit of its risk) is no better than the
-  best exact bound. If the limit stops the
+  best exact bound less `TOLERANCE` (10⁻⁴, the reports' precision). If the limit stops the
   search first, the choice was made on the estimate, and the report says so.
 
 Different configurations can decode to the same weights (one tensor coded "global" or "per
@@ -33,6 +33,9 @@ from bounds.reports.progress import progress_bar
 RULES = ("screened", "exhaustive")
 #: Full-set evaluations of candidates the screened rule makes at most.
 MAX_FULL_EVALUATIONS = 2
+#: A candidate that could improve on the best exact bound by no more than this (the reports'
+#: precision) is not worth a full evaluation.
+TOLERANCE = 1e-4
 #: The screen: the seed of the subsample that ranks the candidates (each task chooses its
 #: size), and the miss probability of the lower confidence limit that rules candidates out.
 SCREEN_SEED = 0
@@ -163,8 +166,8 @@ def _screened(model, full: _Evaluations, prior, grid, scoring) -> Choice:
 
     def ruled_out(index: int) -> bool:
         """Certainly no better than the best (its floor), or unless its subsample misled by
-        more than the confidence limit (its optimistic bound)."""
-        best_bound = bound(best)
+        more than the confidence limit (its optimistic bound), by more than TOLERANCE."""
+        best_bound = bound(best) - TOLERANCE
         floor = scoring.floor(candidates[index].bits)
         return floor >= best_bound or optimistic(index) >= best_bound
 
@@ -194,6 +197,7 @@ def _screened(model, full: _Evaluations, prior, grid, scoring) -> Choice:
             **screen.describe(c.risk),
             "estimated_bound": estimated[c.index],
             "optimistic_bound": bounds_[c.index],
+            "floor": scoring.floor(c.bits),
         }
         for c in candidates
     }

@@ -67,7 +67,7 @@ def search_summary(search: Mapping[str, Any], grid_size: int) -> str:
         f"{full} evaluated on all of them"
     )
     if search["settled"]:
-        return text + "; no other could beat the chosen one"
+        return text + "; no other could beat the chosen one by more than 0.0001"
     others = ", ".join(str(index) for index in search["not_excluded"])
     return text + f"; chosen on the estimate (candidates {others} were not ruled out)"
 
@@ -217,8 +217,16 @@ class Certificate:
         table = self.bound_rows()
         lines += ["| " + " | ".join(table[0]) + " |", "|---" + "|--:" * (len(table[0]) - 1) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
+        rows = self.summary_rows()
+        # The K breakdown (the indented rows) goes to a table of its own under the summary.
         lines += ["", "| quantity | value |", "|---|---|"]
-        lines += [f"| {name.strip()} | {value} |" for name, value in self.summary_rows()]
+        lines += [f"| {name} | {value} |" for name, value in rows if not name.startswith(" ")]
+        lines += ["", "| part of K | bits |", "|---|--:|"]
+        lines += [
+            f"| {name.strip()} | {value.removesuffix(' bits')} |"
+            for name, value in rows
+            if name.startswith(" ")
+        ]
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:

@@ -181,22 +181,24 @@ def _screened(model, full: _Evaluations, prior, grid, scoring) -> Choice:
             if best is None or bound(c.index) < bound(best):
                 best = c.index
             steps.advance()
-    bounds_ = {c.index: optimistic(c.index) for c in candidates}
-    open_ = [c.index for c in candidates if c.index not in exact and not ruled_out(c.index)]
+    optimistic_bounds = {c.index: optimistic(c.index) for c in candidates}
+    open_candidates = [
+        c.index for c in candidates if c.index not in exact and not ruled_out(c.index)
+    ]
     search_report = {
         "rule": "screened",
         "sample": screen.size,
         "seed": screen.seed,
         "miss": screen.miss,
         "full_evaluations": len(full.done),
-        "settled": not open_,
-        "not_excluded": open_,
+        "settled": not open_candidates,
+        "not_excluded": open_candidates,
     }
     screened = {
         c.index: {
             **screen.describe(c.risk),
             "estimated_bound": estimated[c.index],
-            "optimistic_bound": bounds_[c.index],
+            "optimistic_bound": optimistic_bounds[c.index],
             "floor": scoring.floor(c.bits),
         }
         for c in candidates

@@ -98,9 +98,10 @@ class Classification:
 
     def screen(self, data: Any, evaluation: Any, delta: float, *, seed: int, miss: float) -> Any:
         """Per-example errors on s = SCREEN_EXAMPLES training examples drawn without
-        replacement (seed `seed`): a cheap estimate of a candidate's headline bound. Estimate:
-        n·e/s errors.
-        Optimistic: a lower confidence limit of the candidate's full-set errors, either
+        replacement (seed `seed`): a cheap estimate of a candidate's headline bound.
+
+        Estimate: n·e/s errors. Optimistic: a lower confidence limit of its full-set errors,
+        either
         n·p_L(e) (Clopper–Pearson at `miss`) or, against the best candidate b evaluated in
         full with k_b errors, k_b + n·p_L(a) − n·p_U(d) from the sample's discordant examples
         (a: it errs where b does not; d: the other way; each limit at miss/2), which is far

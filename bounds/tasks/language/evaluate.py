@@ -40,8 +40,9 @@ from bounds.reports.progress import progress_bar
 from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 LN2 = math.log(2.0)
-#: Bytes of one float64 [rows, V] work array; the scorer keeps three (and two boolean ones).
-_CHUNK_BYTES = 16 << 20
+#: Bytes of one float64 [rows, V] work array; the scorer keeps three, three float32 ones and
+#: two boolean ones, small enough to stay in the processor's cache from one pass to the next.
+_CHUNK_BYTES = 1 << 20
 #: Per-window arrays that are sums over tokens (and so add up across shards).
 SUMMED_FIELDS = (
     "tokens",
@@ -412,11 +413,15 @@ class _Scorer:
         log_p_target = ((z_target - peak) - total.log())[:, 0]
         rank = self._rank(z, z_target, targets)
         entropy = self._entropy_bits(p)
-        if self.top_k:
+        if not self.top_k:
+            top_mass = z.new_zeros((rows, 0))
+        elif self.k.max() == 1:
+            # The largest exp(z − max) is exp(0) = 1, so the top-1 mass is p's largest entry
+            # 1/Σ exactly, without a pass over the vocabulary.
+            top_mass = 1.0 / total
+        else:
             top_mass = torch.topk(p, int(self.k.max()), dim=1).values.cumsum(1)
             top_mass = top_mass[:, torch.as_tensor(self.k - 1, device=z.device)]
-        else:
-            top_mass = z.new_zeros((rows, 0))
         host = [t.cpu().numpy() for t in (log_p_target, rank, entropy, top_mass)]
         return self._deviations(*host)
 
@@ -426,8 +431,12 @@ class _Scorer:
         torch.gt(z, z_target, out=above)
         rank = above.sum(1)
         torch.eq(z, z_target, out=above)
-        torch.lt(self.index, targets[:, None], out=before)
-        return rank + above.logical_and_(before).sum(1)
+        # Another id with the target's logit is rare: the lower-id count only where one is.
+        tied = (above.sum(1) > 1).nonzero()[:, 0]
+        if len(tied):
+            torch.lt(self.index, targets[:, None], out=before)
+            rank[tied] += above[tied].logical_and_(before[tied]).sum(1)
+        return rank
 
     def _entropy_bits(self, p: torch.Tensor) -> torch.Tensor:
         """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], one α at a time, in float32.

@@ -42,9 +42,10 @@ Search = Annotated[
     SearchRule | None,
     typer.Option(
         "--search",
-        help="How the grid is searched: screened (rank every configuration on 2 048 training "
-        "examples, evaluate at most 2 on all of them; the default) or exhaustive (evaluate "
-        "every configuration that can still win). Either is paid for by the grid index.",
+        help="How the grid is searched: screened (rank every configuration on a seeded "
+        "subsample, 2 048 training examples or lm: 1/8 of the documents, and evaluate at most "
+        "2 in full; the default) or exhaustive (evaluate every configuration that can still "
+        "win). Either is paid for by the grid index.",
     ),
 ]
 TrustPickle = Annotated[

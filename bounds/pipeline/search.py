@@ -52,7 +52,7 @@ class Screen:
     risk (miss probability `miss`), a value the full evaluation falls below only rarely;
     `best` is None or (subsample evaluation, full evaluation) of the best candidate evaluated
     in full so far, against which the limit may be paired. `describe(evaluation)` is what the
-    certificate lists. `size` examples (or documents) drawn with `seed`.
+    certificate lists. `size` drawn items (`unit`: "training examples", "documents") with `seed`.
     """
 
     evaluate: Callable[[torch.nn.Module], Any]
@@ -62,6 +62,7 @@ class Screen:
     size: int
     seed: int
     miss: float
+    unit: str = "training examples"
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def _screened(model, full: _Evaluations, prior, grid, scoring) -> Choice:
     search_report = {
         "rule": "screened",
         "sample": screen.size,
+        "sample_unit": screen.unit,
         "seed": screen.seed,
         "miss": screen.miss,
         "full_evaluations": len(full.done),

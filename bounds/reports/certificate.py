@@ -63,8 +63,8 @@ def search_summary(search: Mapping[str, Any], grid_size: int) -> str:
     if search["rule"] != "screened":
         return f"{full} of {grid_size} candidates evaluated on the training set (exhaustive)"
     text = (
-        f"{grid_size} candidates ranked on {search['sample']:,} training examples, "
-        f"{full} evaluated on all of them"
+        f"{grid_size} candidates ranked on {search['sample']:,} "
+        f"{search.get('sample_unit', 'training examples')}, {full} evaluated in full"
     )
     if search["settled"]:
         return text + "; no other could beat the chosen one by more than 0.0001"

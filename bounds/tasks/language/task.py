@@ -296,6 +296,7 @@ class LanguageModelling:
             size=size,
             seed=seed,
             miss=miss,
+            unit="documents drawn in proportion to their tokens",
         )
 
     def summary(self, evaluation: Any) -> dict[str, Any]:

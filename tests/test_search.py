@@ -182,23 +182,36 @@ def test_an_unknown_rule_is_refused(problem):
         bounds.certify(model, data, architecture=network, search="greedy")
 
 
-def test_language_model_candidates_are_ranked_on_a_document_sample():
+def test_language_model_candidates_are_ranked_on_a_document_sample(monkeypatch):
     """The same rule for a causal LM: candidates scored on ⌈D/8⌉ documents drawn in
     proportion to their tokens, at most two scored on the whole corpus, the word the
-    exhaustive search picks (or a report that it was chosen on the estimate)."""
+    exhaustive search picks (or a report that it was chosen on the estimate). The causality
+    check runs on every model scored in full (the float model, the candidates evaluated in
+    full), not on the screen's scores, which only rank."""
     from test_lm_pipeline import CONTEXT, GRID, STRIDE, VOCAB, synthetic_corpus
 
+    import bounds.tasks.language.evaluate as scoring
     from bounds.models.architectures import byte_transformer
     from bounds.models.training import train_language_model
     from bounds.pipeline.certify import certify_lm
+
+    checked = []
+    check = scoring.check_causal
+
+    def counted(*arguments, **options):
+        checked.append(arguments[0])
+        return check(*arguments, **options)
+
+    monkeypatch.setattr(scoring, "check_causal", counted)
 
     corpus = synthetic_corpus(3, 96)
     network = byte_transformer(VOCAB, context=CONTEXT, width=16, depth=1, heads=2, seed=0)
     train_language_model(network, corpus, context=CONTEXT, steps=60, lr=1e-2, batch_size=16)
     grid = [*GRID, {"levels": 8, "scheme": "kmeans", "groups": "global"}]
-    screened, exhaustive = (
-        certify_lm(network, corpus, context=CONTEXT, stride=STRIDE, grid=grid, search=rule)
-        for rule in ("screened", "exhaustive")
+    screened = certify_lm(network, corpus, context=CONTEXT, stride=STRIDE, grid=grid)
+    assert len(checked) == 1 + screened.search["full_evaluations"]  # reused for the decoded
+    exhaustive = certify_lm(
+        network, corpus, context=CONTEXT, stride=STRIDE, grid=grid, search="exhaustive"
     )
     assert screened.search["rule"] == "screened" and screened.search["sample"] == 12
     assert screened.search["full_evaluations"] <= MAX_FULL_EVALUATIONS

@@ -167,13 +167,16 @@ def evaluate_lm(
     quiet: bool = True,
     shard: tuple[int, int] | None = None,
     description: str = "scoring tokens",
+    causality_check: bool = True,
 ) -> TokenEvaluation:
     """Score every scored token of `corpus` under the causal LM `model` (see module doc).
 
     `model` maps long ids [B, T] (T ≤ context) to logits [B, T, V], as a tensor or as an
     object with `.logits`. `shard=(rank, world)` evaluates only the batches whose index is
     rank mod world. `description` labels the progress bar (shown unless `quiet`). Bad input,
-    and a model that fails `check_causal`, raise ValueError naming it.
+    and a model that fails `check_causal`, raise ValueError naming it. `causality_check=False`
+    skips that check; only for scores that never reach a bound (the search's screen, whose
+    chosen word is evaluated again, checked).
     """
     alphas = _check_alphas(alphas)
     top_k = _check_top_k(top_k)
@@ -193,7 +196,10 @@ def evaluate_lm(
         )
     if top_k and max(top_k) > vocab_size:
         raise ValueError(f"top_k {max(top_k)} exceeds the model's vocabulary of {vocab_size}")
-    check_causal(model, corpus, plan, vocab_size=vocab_size, batch_size=batch_size, device=device)
+    if causality_check:
+        check_causal(
+            model, corpus, plan, vocab_size=vocab_size, batch_size=batch_size, device=device
+        )
     count, num_alphas, num_k = len(plan), len(alphas), len(top_k)
     result = {
         "tokens": np.zeros(count, np.int64),

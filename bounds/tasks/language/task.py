@@ -156,7 +156,9 @@ class LanguageModelling:
     def prepare(self, data: Any, candidates: int) -> Plan:
         return plan_evaluation(data, self.subsample, self.seed, candidates=max(1, candidates))
 
-    def evaluate(self, model: Any, data: Any, description: str) -> Any:
+    def evaluate(
+        self, model: Any, data: Any, description: str, *, causality_check: bool = True
+    ) -> Any:
         """evaluate_lm of the plan's documents. Under torchrun every rank must hold the same
         weights, corpus and settings (checked before scoring), each rank scores its share of
         the batches, a failure on any rank is raised on all, and the per-window sums are
@@ -169,7 +171,12 @@ class LanguageModelling:
         distributed.run_checked(lambda: None, lambda _: self._agreed(model, corpus))
         evaluation = distributed.run_checked(
             lambda: evaluate_lm(
-                model, corpus, shard=shard, description=description, **self._scoring()
+                model,
+                corpus,
+                shard=shard,
+                description=description,
+                causality_check=causality_check,
+                **self._scoring(),
             )
         )
         if shard is None:
@@ -286,7 +293,10 @@ class LanguageModelling:
             return headline(bits, lower, np.zeros(len(ranges)))
 
         return Screen(
-            evaluate=lambda model: self.evaluate(model, plan, "screening candidate").per_document(),
+            # No causality check: a screen only ranks; the chosen word's full evaluation checks.
+            evaluate=lambda model: self.evaluate(
+                model, plan, "screening candidate", causality_check=False
+            ).per_document(),
             estimate=lambda bits, sampled: headline(bits, *draws(sampled)),
             optimistic=optimistic,
             describe=lambda sampled: {

@@ -49,3 +49,14 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         main([str(a) for a in argv])
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a test module (`pytestmark = usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

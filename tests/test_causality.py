@@ -16,13 +16,8 @@ VOCAB = 11
 CONTEXT = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread; several threads spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread; several threads spin against each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_corpus(lengths=(40, 3, 25, 17, 2, 60), seed=0) -> TokenCorpus:

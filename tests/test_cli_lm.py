@@ -24,13 +24,8 @@ ARCH = (
 BYTE_ARCH = "bounds.models.architectures:byte_transformer:context=32,width=16,depth=1,heads=2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread; on a busy machine two threads spin for ages.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread; several threads spin against each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def documents(seed: int, count: int) -> list[np.ndarray]:

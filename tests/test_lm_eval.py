@@ -20,13 +20,8 @@ ALPHAS = (0.5, 0.01, 1e-6)
 TOP_K = (1, 3, VOCAB)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread; several threads spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread; several threads spin against each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def corpus_of(documents, vocab_size=None) -> TokenCorpus:

@@ -8,14 +8,8 @@ from torch.nn import functional
 
 from quantize import Code, ReferencePrior, compress, finetune
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads crawl on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread; several threads spin against each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed: int = 0):

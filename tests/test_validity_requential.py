@@ -78,13 +78,8 @@ def allowed_violations(draws: int) -> int:
     return int(binom.ppf(1 - ALARM, draws, DELTA))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread; several threads spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run fastest on one thread; several threads spin against each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @cache

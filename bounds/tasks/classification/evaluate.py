@@ -213,9 +213,7 @@ def evaluate_batches(
     indices = range(rank, count, world)
     mine = sum(min(size, n - b * size) for b in indices)
     _check_deterministic(loader, _probe_examples(size, indices, mine))
-    if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
-        model = model.to(device)
-    model.eval()
+    model = _evaluating_on(model, device)
     results: dict[int, tuple[int, int, float]] = {}
     with progress_bar(description, mine, quiet) as steps:
         for index, offset, batch in _selected_batches(loader, n, size, indices):
@@ -366,15 +364,20 @@ def example_errors(
         )
     else:
         batches = as_loader(data, batch_size)
-    if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
-        model = model.to(device)
-    model.eval()
+    model = _evaluating_on(model, device)
     wrong, offset = [], 0
     for batch in batches:
         logits, labels = _logits(model, batch, device, offset)
         wrong.append((logits.argmax(dim=-1) != labels).cpu().numpy())
         offset += len(labels)
     return np.concatenate(wrong) if wrong else np.zeros(0, dtype=bool)
+
+
+def _evaluating_on(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """`model` on `device` (moved only if a tensor is elsewhere), in eval mode."""
+    if any(t.device != torch.device(device) for t in [*model.parameters(), *model.buffers()]):
+        model = model.to(device)
+    return model.eval()
 
 
 def _check_labels(labels: torch.Tensor, logits: torch.Tensor, offset: int) -> None:

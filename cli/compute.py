@@ -30,7 +30,9 @@ from .options import (
     QatLr,
     Quiet,
     Search,
+    SequenceLength,
     SharedSeed,
+    StartToken,
     StudentSeed,
     Task,
     TaskChoice,
@@ -153,6 +155,8 @@ def compute(
     labels: LabelsOption = None,
     student_seed: StudentSeed = 0,
     shared_seed: SharedSeed = 0,
+    sequence_length: SequenceLength = None,
+    start_token: StartToken = None,
     quiet: Quiet = False,
 ) -> None:
     """Certify MODEL: compress it, evaluate the decoded model on DATA, and bound its error."""
@@ -167,7 +171,7 @@ def compute(
     import bounds
     from bounds.pipeline import distributed as dist
 
-    from .specs import describe_loader, load_corpus, load_data, load_model, load_prior
+    from .specs import default_start, load_corpus, load_data, load_model
 
     invocation = specs_given(task, model, arch, data, prior, loader, eod, offsets, token_dtype)
     if code_file and prior is not None:
@@ -204,6 +208,8 @@ def compute(
         "--student-arch": student_arch,
         "--pool": pool,
         "--labels": labels,
+        "--sequence-length": sequence_length,
+        "--start-token": start_token,
     }
     if code is CodeKind.parameters:
         named = [name for name, value in student_options.items() if value is not None]
@@ -217,13 +223,20 @@ def compute(
             "--schemes": schemes,
             "--qat-epochs": qat_epochs,
             "--search": search,
-            "--task lm": task is Task.lm,
         }
         named = [name for name, value in clashing.items() if value]
         if named:
             raise ValueError(f"{', '.join(named)} cannot be used with --code {code.value}")
         if student_arch is None:
             raise ValueError(f"--code {code.value} needs --student-arch (the certified model)")
+        by_task = {
+            Task.lm: {"--pool": pool},
+            Task.classify: {"--sequence-length": sequence_length, "--start-token": start_token},
+        }[task]
+        named = [name for name, value in by_task.items() if value is not None]
+        if named:
+            other = "classifiers" if task is Task.lm else "--task lm"
+            raise ValueError(f"{', '.join(named)} apply to {other} only")
     main_rank = True
     if distributed:
         dist.initialize(device)
@@ -232,56 +245,28 @@ def compute(
     data = DEFAULT_DATA[task] if data is None else data
     invocation["data"] = data
     if code is not CodeKind.parameters:
-        from bounds.pipeline.certify import certify
-
-        teacher = load_model(model, arch, trust_pickle=trust_pickle).model
-        family = requential_options(code, pool, labels, student_seed, shared_seed).family(
-            teacher, student_arch, data
+        network = load_model(model, arch, trust_pickle=trust_pickle).model
+        requential = requential_options(code, pool, labels, student_seed, shared_seed)
+        if task is Task.lm:
+            family = requential.language_family(
+                network,
+                student_arch,
+                sequence_length=sequence_length or context or 256,
+                start_token=start_token if start_token is not None else default_start(data, eod),
+            )
+        else:
+            family = requential.family(network, student_arch, data)
+        common = dict(code=family, delta=delta, device=device, quiet=quiet)
+    else:
+        network, common = _parameter_codes(
+            model, arch, prior, loader, code_file, trust_pickle, task, levels, schemes, coder
         )
-        certificate = certify(
-            teacher,
-            load_data(data, trust_pickle=trust_pickle),
-            code=family,
-            test_data=None
-            if test_data is None
-            else load_data(test_data, default_split="test", trust_pickle=trust_pickle),
+        common.update(
             delta=delta,
+            search=None if search is None else search.value,
             device=device,
             quiet=quiet,
         )
-        if main_rank:
-            _write(certificate, json_path, save_code, fmt, invocation)
-        return
-
-    opaque = None
-    if code_file:
-        from quantize.opaque import OpaqueCode
-
-        loaded = load_model(model, arch, trust_pickle=trust_pickle, loader=loader, opaque=True)
-        opaque = OpaqueCode.from_file(model)
-        prior_object = describe_loader(loader, arch)
-    else:
-        loaded = load_model(model, arch, trust_pickle=trust_pickle)
-        network, prior_object = load_prior(prior, loaded.architecture, loaded.model)
-        loaded.model = network
-
-    grid = None
-    if levels is not None or schemes is not None or coder != "auto":
-        grid = search_grid(
-            levels or (",".join(map(str, DEFAULT_LEVELS)) if task is Task.classify else "8,16,32"),
-            schemes or ("kmeans,uniform" if task is Task.classify else "kmeans"),
-            coder,
-        )
-    common = dict(
-        prior=prior_object,
-        delta=delta,
-        grid=grid,
-        search=None if search is None else search.value,
-        device=device,
-        architecture=loaded.architecture,
-        opaque=opaque,
-        quiet=quiet,
-    )
     from bounds.pipeline.certify import certify, certify_lm
 
     if task is Task.lm:
@@ -290,7 +275,7 @@ def compute(
             return load_corpus(spec, eod=eod, offsets=cuts, dtype=token_dtype, default_split=split)
 
         certificate = certify_lm(
-            loaded.model,
+            network,
             corpus(data, "train", offsets),
             test_corpus=None if test_data is None else corpus(test_data, "test", test_offsets),
             context=256 if context is None else context,
@@ -304,7 +289,7 @@ def compute(
         )
     else:
         certificate = certify(
-            loaded.model,
+            network,
             load_data(data, trust_pickle=trust_pickle),
             test_data=None
             if test_data is None
@@ -316,6 +301,35 @@ def compute(
         )
     if main_rank:
         _write(certificate, json_path, save_code, fmt, invocation)
+
+
+def _parameter_codes(
+    model, arch, prior, loader, code_file, trust_pickle, task, levels, schemes, coder
+):
+    """(the model to code, certify's options) for the parameter codes: the loaded model with
+    its declared prior, or an opaque file's word, and the search grid of the options."""
+    from .specs import describe_loader, load_model, load_prior
+
+    opaque = None
+    if code_file:
+        from quantize.opaque import OpaqueCode
+
+        loaded = load_model(model, arch, trust_pickle=trust_pickle, loader=loader, opaque=True)
+        opaque = OpaqueCode.from_file(model)
+        prior_object = describe_loader(loader, arch)
+    else:
+        loaded = load_model(model, arch, trust_pickle=trust_pickle)
+        network, prior_object = load_prior(prior, loaded.architecture, loaded.model)
+        loaded.model = network
+    grid = None
+    if levels is not None or schemes is not None or coder != "auto":
+        grid = search_grid(
+            levels or (",".join(map(str, DEFAULT_LEVELS)) if task is Task.classify else "8,16,32"),
+            schemes or ("kmeans,uniform" if task is Task.classify else "kmeans"),
+            coder,
+        )
+    options = dict(prior=prior_object, grid=grid, architecture=loaded.architecture, opaque=opaque)
+    return loaded.model, options
 
 
 def _write(

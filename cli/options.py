@@ -132,7 +132,7 @@ CodeOption = Annotated[
         "--code",
         help="parameters: code MODEL's weights; requential or prequential: MODEL is a teacher "
         "and the certified model is a student the decoder re-trains from the teacher's coded "
-        "labels on an input pool.",
+        "labels on an input pool (lm: on sequences the student generates).",
     ),
 ]
 PoolOption = Annotated[
@@ -144,7 +144,24 @@ PoolOption = Annotated[
 ]
 LabelsOption = Annotated[
     str | None,
-    typer.Option(help="requential: the declared grid of label counts (default 1000,2000,4000)."),
+    typer.Option(
+        help="requential: the declared grid of label counts (default 1000,2000,4000); lm: of "
+        "generated sequence counts (default 128,256,512)."
+    ),
+]
+SequenceLength = Annotated[
+    int | None,
+    typer.Option(
+        help="lm requential: tokens generated per sequence after the start token (default: "
+        "--context)."
+    ),
+]
+StartToken = Annotated[
+    int | None,
+    typer.Option(
+        help="lm requential: the token every generated sequence starts from (default: --eod, "
+        "or the stdlib corpus's end-of-document id 256)."
+    ),
 ]
 StudentSeed = Annotated[int, typer.Option(help="requential: the student's init seed.")]
 SharedSeed = Annotated[int, typer.Option(help="requential: the shared-randomness seed.")]

@@ -434,11 +434,59 @@ class Requential:
             student_arch, pool_spec, inputs, schedule, self.init_seed, self.seed, output.shape[1]
         )
 
+    def language_family(
+        self, teacher: nn.Module, student_arch: str, *, sequence_length: int, start_token: int
+    ):
+        """The requential code family of one language-model student: it generates its own
+        sequences (`quantize.requential_lm`), its vocabulary read off the teacher's logits."""
+        import dataclasses
+
+        from quantize.requential_lm import DEFAULT_SCHEDULE
+
+        grid = {} if self.labels is None else {"label_counts": self.labels}
+        schedule = dataclasses.replace(DEFAULT_SCHEDULE, variant=self.variant, **grid)
+        if isinstance(start_token, bool) or start_token < 0:
+            raise ValueError(f"--start-token must be a token id ≥ 0, got {start_token}")
+        with torch.no_grad():
+            teacher.eval()
+            output = teacher(torch.full((1, 1), start_token, dtype=torch.long))
+        logits = output if torch.is_tensor(output) else getattr(output, "logits", None)
+        if not torch.is_tensor(logits) or logits.ndim != 3:
+            raise ValueError("the teacher must map token ids [batch, length] to logits [B, T, V]")
+        if start_token >= logits.shape[2]:
+            raise ValueError(
+                f"--start-token {start_token} is not an id of the teacher's {logits.shape[2]} "
+                "outputs"
+            )
+        return _sequence_codes(
+            student_arch,
+            schedule,
+            self.init_seed,
+            self.seed,
+            int(logits.shape[2]),
+            sequence_length,
+            start_token,
+        )
+
+
+def default_start(data_spec: str, eod: int | None) -> int:
+    """The start token of generated sequences when none is given: the end-of-document id of
+    the training data (--eod, or the stdlib corpus's). Other data need --start-token."""
+    if eod is not None:
+        return eod
+    if data_spec.partition(":")[0] == "stdlib":
+        from bounds.tasks.language.stdlib import END_OF_DOCUMENT
+
+        return END_OF_DOCUMENT
+    raise ValueError("--code requential with --task lm needs --start-token (or --eod)")
+
 
 def requential_from_certificate(prior: dict):
     """The requential code family a certificate's prior section declares (`bounds verify`)."""
     from quantize.requential import Schedule
 
+    if prior.get("kind") == "requential-lm":
+        return _sequences_from_certificate(prior)
     try:
         spec, pool_spec = prior["student"]["spec"], prior["pool_spec"]
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
@@ -460,16 +508,66 @@ def requential_from_certificate(prior: dict):
     return family
 
 
-def _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes):
+def _sequences_from_certificate(prior: dict):
+    """The language-model requential family of a certificate's prior section."""
+    from quantize.requential import Schedule
+
+    try:
+        spec = prior["student"]["spec"]
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
+        numbers = [
+            int(prior[key])
+            for key in ("init_seed", "seed", "vocab_size", "sequence_length", "start_token")
+        ]
+        schedule = Schedule(**fields)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"the certificate's requential prior is not readable: {error!r}") from None
+    family = _sequence_codes(spec, schedule, *numbers)
+    if family.prior.fingerprint() != prior.get("fingerprint"):
+        raise ValueError(
+            "the requential prior rebuilt from the certificate (student, schedule, seeds, "
+            "sequence length, start token) has another fingerprint than the certificate states"
+        )
+    return family
+
+
+def _sequence_codes(spec, schedule, init_seed, seed, vocab_size, sequence_length, start_token):
     from bounds.pipeline.codes import RequentialCodes
+    from quantize.requential_lm import SequencePrior
+
+    student = _student(spec, init_seed)
+    prior = SequencePrior(
+        student.build,
+        student.fingerprint,
+        student.spec,
+        init_seed,
+        schedule,
+        seed,
+        vocab_size,
+        sequence_length,
+        start_token,
+    )
+    return RequentialCodes(prior)
+
+
+def _student(spec: str, init_seed: int):
+    """The student's declared architecture, built once before any encoding: an option the
+    factory does not take is a bad input."""
     from bounds.pipeline.decoder import Architecture
-    from quantize.requential import RequentialPrior
 
     student = Architecture.from_spec(spec)
-    try:  # before any encoding: an option the factory does not take is a bad input
+    try:
         student.build(init_seed)
     except TypeError as error:
         raise ValueError(f"cannot build the student {spec!r}: {error}") from None
+    return student
+
+
+def _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes):
+    from bounds.pipeline.codes import RequentialCodes
+    from quantize.requential import RequentialPrior
+
+    student = _student(spec, init_seed)
     prior = RequentialPrior(
         student.build,
         student.fingerprint,

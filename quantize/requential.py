@@ -208,6 +208,19 @@ class RequentialPrior:
         self.classes = classes
         self._fingerprint: str | None = None
 
+    #: What N counts in the schedule's grid, and what one coded symbol is.
+    units = ("labels", "label")
+
+    def run(
+        self,
+        count: int,
+        stream: _Stream,
+        teacher: nn.Module | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> _Run:
+        """Label the first `count` pool inputs and train the student (the module's loop)."""
+        return _run(self, count, stream, teacher, progress)
+
     def pool_sha256(self) -> str:
         """sha256 of the pool as one canonical tensor record (:mod:`quantize.priors`)."""
         fingerprinter = Fingerprinter("bounds.requential.pool/1")
@@ -287,11 +300,17 @@ class RequentialCode:
     label_costs: np.ndarray = field(repr=False)  # ideal bits −log₂(c/T) of each label's symbols
     expert_bits: dict[str, float] | None = None  # requential: each mixture expert's code length
     teacher_agreement: float | None = None  # encode only: final student vs teacher argmax on X
+    units: tuple[str, str] = ("labels", "label")  # what N counts, and what one coded symbol is
+
+    @property
+    def symbols(self) -> int:
+        """The coded symbols: N labels, or N·L tokens for N generated sequences of length L."""
+        return int(self.label_costs.shape[0])
 
     @property
     def num_params(self) -> int:
-        """The numbers in the word: the N coded labels."""
-        return self.labels
+        """The numbers in the word: the coded symbols."""
+        return self.symbols
 
     @property
     def breakdown(self) -> dict[str, int]:
@@ -316,14 +335,14 @@ class RequentialCode:
 
     @property
     def config(self) -> dict[str, Any]:
-        return {
-            "family": "requential",
-            "variant": self.variant,
-            "labels": self.labels,
-            "agreements": self.agreements,
-            "agreement_rate": self.agreements / self.labels,
-            "bits_per_label": self.bits / self.labels,
-        }
+        counted, symbol = self.units
+        out = {"family": "requential", "variant": self.variant, counted: self.labels}
+        if self.symbols != self.labels:
+            out[f"{symbol}s"] = self.symbols
+        out["agreements"] = self.agreements
+        out["agreement_rate"] = self.agreements / self.symbols
+        out[f"bits_per_{symbol}"] = self.bits / self.symbols
+        return out
 
     def to_bytes(self) -> bytes:
         """The word, zero-padded to whole bytes."""
@@ -348,12 +367,10 @@ class RequentialCode:
         """Parse the word and decode the student by re-running its training; CodeError on a
         corrupted, truncated or padded word, or when the decoded student fails the checksum."""
         grid_index, payload, checksum = _parse(bytes(word), len(prior.schedule.label_counts))
-        count = prior.schedule.label_counts[grid_index]
-        if count > prior.pool.shape[0]:
-            raise CodeError(
-                f"the word codes {count} labels but the prior's pool holds "
-                f"{prior.pool.shape[0]} inputs"
-            )
+        try:
+            count = prior.label_count(grid_index)
+        except ValueError as error:
+            raise CodeError(f"the word does not fit its prior: {error}") from None
         try:
             decoder = _queue.RangeDecoder(np.frombuffer(payload, dtype=">u4").astype(np.uint32))
         except (KeyboardInterrupt, SystemExit):
@@ -363,7 +380,7 @@ class RequentialCode:
                 f"corrupted code word: cannot set up the range decoder ({error})"
             ) from None
         reader = _Reader(decoder)
-        run = _run(prior, count, reader, None, progress)
+        run = prior.run(count, reader, None, progress)
         if not decoder.maybe_exhausted() or not reader.canonical(payload):
             raise CodeError(
                 "corrupted code word: the payload is not the encoding of the labels it decodes to"
@@ -385,6 +402,7 @@ class RequentialCode:
             agreements=int(run.agreed.sum()),
             label_costs=run.costs,
             expert_bits=run.expert_bits,
+            units=prior.units,
         )
 
 
@@ -404,7 +422,7 @@ def encode(
         raise ValueError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
     count = prior.label_count(grid_index)
     encoder = _queue.RangeEncoder()
-    run = _run(prior, count, _Writer(encoder), teacher, progress)
+    run = prior.run(count, _Writer(encoder), teacher, progress)
     payload = encoder.get_compressed().astype(">u4").tobytes()
     return RequentialCode(
         grid_index=int(grid_index),
@@ -418,6 +436,7 @@ def encode(
         label_costs=run.costs,
         expert_bits=run.expert_bits,
         teacher_agreement=run.teacher_agreement,
+        units=prior.units,
     )
 
 
@@ -568,10 +587,10 @@ class _Requential:
         self.slopes = np.array(EXPERTS, dtype=np.float64)
 
     def chunk(
-        self, stream: _Stream, start: int, log_p: np.ndarray, log_q: np.ndarray | None
+        self, stream: _Stream, indexes: np.ndarray, log_p: np.ndarray, log_q: np.ndarray | None
     ) -> _Labels:
         count = log_p.shape[0]
-        noise = np.stack([shared_gumbel(self.seed, start + i, self.classes) for i in range(count)])
+        noise = np.stack([shared_gumbel(self.seed, int(i), self.classes) for i in indexes])
         scores = log_p + noise
         order = np.argsort(-scores, axis=1, kind="stable")  # order[:, 0] = s, the student's draw
         rows = np.arange(count)
@@ -633,13 +652,23 @@ class _Requential:
 
 
 class _Prequential:
-    """The teacher's prediction coded under the student's own table."""
+    """The teacher's selection coded under the student's own table: its prediction argmax q,
+    or with `sampled` its Gumbel draw argmax(log q + g) (the noise is the encoder's sampling
+    device only: the decoder reads the symbol under p's table and never needs it)."""
+
+    def __init__(self, seed: int, classes: int, *, sampled: bool = False) -> None:
+        self.seed, self.classes, self.sampled = seed, classes, sampled
 
     def chunk(
-        self, stream: _Stream, start: int, log_p: np.ndarray, log_q: np.ndarray | None
+        self, stream: _Stream, indexes: np.ndarray, log_p: np.ndarray, log_q: np.ndarray | None
     ) -> _Labels:
         table = integer_table(log_p)
-        wanted = None if log_q is None else np.argmax(log_q, axis=1)
+        wanted = None
+        if log_q is not None and self.sampled:
+            noise = np.stack([shared_gumbel(self.seed, int(i), self.classes) for i in indexes])
+            wanted = np.argmax(log_q + noise, axis=1)
+        elif log_q is not None:
+            wanted = np.argmax(log_q, axis=1)
         labels = stream.code(table, wanted).astype(np.int64)
         agreed = labels == np.argmax(log_p, axis=1)
         return _Labels(labels, agreed, table_bits(table, labels))
@@ -710,8 +739,11 @@ class _Student:
             self._step(inputs[index], labels[index])
 
     def _step(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """One Adam step on the mean cross-entropy over every label of the batch (one per
+        input for a classifier, one per position for a language model's [B, L, V] logits)."""
         self.network.train()
-        loss = nn.functional.cross_entropy(self.network(inputs), labels)
+        logits = self.network(inputs)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -763,11 +795,7 @@ def _run(
     """The loop of the module docstring; the teacher is given at encoding, None at decoding."""
     schedule = prior.schedule
     chunks = -(-count // schedule.chunk)
-    coder = (
-        _Requential(prior.seed, prior.classes)
-        if schedule.variant == "requential"
-        else _Prequential()
-    )
+    coder = _coder(prior, sampled=False)
     inputs = prior.pool[:count]
     labels = torch.zeros(count, dtype=torch.int64)
     agreed, costs = np.zeros(count, dtype=bool), np.zeros(count)
@@ -779,7 +807,7 @@ def _run(
             log_q = None
             if teacher is not None:
                 log_q = _teacher_log_probs(teacher, inputs[start:stop], prior.classes)
-            chunk = coder.chunk(stream, start, log_p, log_q)
+            chunk = coder.chunk(stream, np.arange(start, stop), log_p, log_q)
             labels[start:stop] = torch.from_numpy(chunk.labels)
             agreed[start:stop], costs[start:stop] = chunk.agreed, chunk.costs
             student.after_chunk(inputs, labels, stop)
@@ -792,6 +820,13 @@ def _run(
         student.network.eval()
         agreement = None if teacher is None else _agreement(student.network, teacher, inputs)
     return _Run(student.network, agreed, costs, coder.expert_bits(), agreement)
+
+
+def _coder(prior: Any, *, sampled: bool) -> _Requential | _Prequential:
+    """The symbol coder of the prior's variant."""
+    if prior.schedule.variant == "requential":
+        return _Requential(prior.seed, prior.classes)
+    return _Prequential(prior.seed, prior.classes, sampled=sampled)
 
 
 def _agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> float:

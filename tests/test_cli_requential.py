@@ -185,6 +185,7 @@ def test_prequential_round_trips_through_compute_and_verify(small_model, tmp_pat
 def bad_inputs(small_model, tmp_path):
     npz = tmp_path / "data.npz"
     np.savez(npz, x=np.zeros((20, 1, 40), np.float32), y=np.zeros(20, np.int64))
+    np.save(tmp_path / "t.npy", np.arange(10, dtype=np.uint16))
     teacher = ["compute", small_model, "--arch", SMALL_ARCH, "--data", SMALL_DATA, "-q"]
     student = ["--student-arch", STUDENT_ARCH]
     requential = [*teacher, "--code", "requential", *student]
@@ -194,7 +195,18 @@ def bad_inputs(small_model, tmp_path):
         "levels": ([*requential, "--levels", "4"], "--levels cannot be used with --code"),
         "prior": ([*requential, "--prior", "init:0"], "--prior cannot be used with --code"),
         "code file": ([*requential, "--code-file"], "--code-file cannot be used with --code"),
-        "task lm": ([*requential, "--task", "lm"], "--task lm cannot be used with --code"),
+        "lm with pool": (
+            [*requential, "--task", "lm", "--pool", "mnist1d:n=100,m=1,seed=9"],
+            "--pool apply to classifiers only",
+        ),
+        "lm without start": (
+            [*requential, "--task", "lm", "--data", str(tmp_path / "t.npy")],
+            "needs --start-token",
+        ),
+        "sequence length for classifier": (
+            [*requential, "--sequence-length", "8"],
+            "--sequence-length apply to --task lm only",
+        ),
         "student without code": ([*teacher, *student], "apply to --code requential"),
         "pool without code": (
             [*teacher, "--pool", "mnist1d:n=100,m=1,seed=9"],
@@ -253,7 +265,8 @@ def bad_inputs(small_model, tmp_path):
 
 
 CASES = [
-    "no student", "prequential, no student", "levels", "prior", "code file", "task lm",
+    "no student", "prequential, no student", "levels", "prior", "code file", "lm with pool",
+    "lm without start", "sequence length for classifier",
     "student without code", "pool without code", "missing pool", "unknown pool spec",
     "data without pool", "labels beyond the pool", "labels not integers", "student option",
     "student classes",

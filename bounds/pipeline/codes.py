@@ -262,8 +262,10 @@ class OpaqueFile:
 class RequentialCodes:
     """Requential (or prequential) codes (`quantize.requential`; Qiu et al., arXiv 2607.11883,
     2026; Blier & Ollivier 2018): the given model is the *teacher*; the word records the
-    teacher's selections among samples of a *student*'s own distribution on an input pool
-    fixed before the data, and the decoder re-trains the student from them. The certified
+    teacher's selections among samples of a *student*'s own distribution (on an input pool
+    fixed before the data, `quantize.requential.RequentialPrior`, or on the sequences a
+    language-model student generates, `quantize.requential_lm.SequencePrior`), and the decoder
+    re-trains the student from them. The certified
     model is that decoded student, whose description length does not grow with its size.
     Every label count N of the prior's declared grid is encoded and its student evaluated;
     the word with the best headline bound is kept (its grid index is in the word)."""
@@ -285,7 +287,7 @@ class RequentialCodes:
     def select(self, model: torch.nn.Module, scoring: Scoring) -> Selection:
         from quantize.requential import RequentialCode, encode
 
-        counts = self.prior.schedule.label_counts
+        counts, unit = self.prior.schedule.label_counts, self.prior.units[0]
         candidates, best = [], None
         with progress_bar("requential encoding", len(counts), scoring.quiet) as steps:
             for index, labels in enumerate(counts):
@@ -295,7 +297,7 @@ class RequentialCodes:
                 candidates.append(
                     {
                         "index": index,
-                        "config": {"labels": labels},
+                        "config": {unit: labels},
                         "bits": code.bits,
                         "evaluated": True,
                         **scoring.describe(evaluation),
@@ -314,7 +316,7 @@ class RequentialCodes:
             word,
             student,
             candidates,
-            [{"labels": labels} for labels in counts],
+            [{unit: labels} for labels in counts],
             self.describe(),
             self.prior.student_spec,
             student,

@@ -55,10 +55,10 @@ from .requential import (
 )
 
 #: The schedule of a language-model student when none is given: 16 sequences per chunk and
-#: per step, a grid of 128, 256 and 512 sequences.
+#: per step, 16 steps per chunk, a grid of 128, 256 and 512 sequences.
 DEFAULT_SCHEDULE = Schedule(
     chunk=16,
-    steps_per_chunk=4,
+    steps_per_chunk=16,
     batch_size=16,
     lr=3e-3,
     final_epochs=4,

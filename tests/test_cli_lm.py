@@ -402,3 +402,58 @@ def test_held_out_stream_with_its_own_offsets(files, capsys):
     summary = json.loads(out)["test"]["summary"]
     assert summary["documents"] == 12
     assert summary["tokens"] == sum(len(d) - 1 for d in documents(1, 12))
+
+
+STUDENT = (
+    "bounds.models.architectures:byte_transformer:vocab_size=20,context=16,width=8,depth=1,heads=2"
+)
+
+
+@pytest.fixture(scope="module")
+def requential_lm(files):
+    """compute once: the seeded model as the teacher of a requential student (start token 19,
+    two sequence counts), writing the certificate, the word and the student checkpoint."""
+    cert, code = files["folder"] / "requential.json", files["folder"] / "requential.code"
+    argv = ["compute", files["model"], "--task", "lm", "--arch", ARCH, "--data", files["data"],
+            "--offsets", files["offsets"], "--context", "16", "--code", "requential",
+            "--student-arch", STUDENT, "--labels", "8,16", "--start-token", "19",
+            "--json", cert, "--save-code", code, "--format", "json", "-q"]  # fmt: skip
+    return argv, cert, code
+
+
+def test_requential_lm_compute_and_verify(requential_lm, files, capsys):
+    argv, cert, code = requential_lm
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    certificate = json.loads(cert.read_text())
+    assert certificate["prior"]["kind"] == "requential-lm"
+    assert (
+        certificate["prior"]["start_token"] == 19 and certificate["prior"]["sequence_length"] == 16
+    )
+    assert certificate["code"]["config"]["sequences"] in (8, 16)
+    assert certificate["code"]["bits"] == certificate["code"]["breakdown"]["payload"] + sum(
+        v for k, v in certificate["code"]["breakdown"].items() if k != "payload"
+    )
+    from cli.specs import requential_from_certificate
+    from quantize.requential import RequentialCode
+
+    family = requential_from_certificate(certificate["prior"])
+    decoded = RequentialCode.from_bytes(code.read_bytes(), family.prior)
+    saved = torch.load(code.with_suffix(".student.pt"), weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in decoded.student.state_dict().items())
+    verify = ["verify", code, "--certificate", cert, "--data", files["data"], "--offsets",
+              files["offsets"], "-q"]  # fmt: skip
+    status, out, err = run_cli(capsys, *verify)
+    assert status == 0 and "certificate: verified" in out, err
+    # A flipped bit of the word, or another start token in the claim: refused, one line.
+    word = bytearray(code.read_bytes())
+    word[len(word) // 2] ^= 0x10
+    flipped = files["folder"] / "flipped.code"
+    flipped.write_bytes(bytes(word))
+    status, _, err = run_cli(capsys, *verify[:1], flipped, *verify[2:])
+    assert status != 0 and err.startswith("error: ") and err.count("\n") == 1
+    certificate["prior"]["start_token"] = 18
+    edited = files["folder"] / "edited.json"
+    edited.write_text(json.dumps(certificate))
+    status, _, err = run_cli(capsys, *verify[:3], edited, *verify[4:])
+    assert status != 0 and "another fingerprint" in err

@@ -63,3 +63,16 @@ def test_byte_transformer_on_the_standard_library(tmp_path):
     certificate = json.loads((tmp_path / "width-16.json").read_text())
     assert certificate["code"]["bits"] == row["code_bits"]
     assert (tmp_path / "width-16.code").stat().st_size * 8 >= row["code_bits"]
+
+
+def test_lm_scaling_prints_both_codes(tmp_path):
+    printed = run(EXAMPLES / "lm_scaling.py", "--out", tmp_path, "--widths", "8,16",
+                  "--teacher-width", "16", "--teacher-steps", "20", "--steps", "20",
+                  "--sequences", "8", "--max-file-bytes", "400", "--context", "16",
+                  "--quiet")  # fmt: skip
+    assert "| code | width | params | K (bits) |" in printed and "hold simultaneously" in printed
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((row["code"], row["width"]) for row in rows) == [
+        ("parameters", 8), ("parameters", 16), ("requential", 8), ("requential", 16)
+    ]  # fmt: skip
+    assert (tmp_path / "bounds.png").stat().st_size > 0

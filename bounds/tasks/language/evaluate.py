@@ -1,14 +1,17 @@
 """Scoring a causal language model on a token corpus, token by token and reproducibly.
 
 For each scored token y with context x_<t (the window of `token_windows`), from the logits z
-in float64 with p = softmax(z) and vocabulary size V = number of logits:
-- log loss −log₂ p_y;
+with p = softmax(z) and vocabulary size V = number of logits:
+- log loss −log₂ p_y = (max z − z_y + ln Σ_v exp(z_v − max z)) / ln 2, in float64 but for the
+  sum Σ_v exp(z_v − max z), computed in single precision as the logits are (relative error
+  about 10⁻⁷; in double throughout for a model whose logits are float64);
 - smoothed log loss ℓ_α = −log₂ p̃_y, p̃ = (1 − α) p + α/V, for each α of the grid
   (Lotfi et al. 2024, "Non-vacuous generalization bounds for large language models"), with
   range [−log₂(1 − α + α/V), log₂(V/α)] (both from `bounds.formulas.sequence`);
 - top-k error: 1 iff #{v : z_v > z_y} + #{v < y : z_v = z_y} ≥ k (ties go to the lower index);
 - the model's forecast c of each loss, which depends on the context only: the entropy of p̃
-  in bits for ℓ_α, 1 − Σ_{v in top-k} p_v for the top-k error. The evaluation keeps
+  in bits for ℓ_α (computed from a histogram of ln p, `_Scorer._entropy_bits`), 1 − Σ_{v in
+  top-k} p_v for the top-k error. The evaluation keeps
   Σ (X − c)² with loss X and forecast c mapped to [0, 1] by the loss's range, the variance
   proxy of the Freedman / empirical-Bernstein token bound.
 
@@ -40,9 +43,14 @@ from bounds.reports.progress import progress_bar
 from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 LN2 = math.log(2.0)
-#: Bytes of one float64 [rows, V] work array; the scorer keeps three, three float32 ones and
-#: two boolean ones, small enough to stay in the processor's cache from one pass to the next.
-_CHUNK_BYTES = 1 << 20
+#: Bytes of one int64 [rows, V] work array; the scorer keeps it, three float32 ones (float64
+#: for a model that computes in double) and two boolean ones. Large enough that the fixed cost
+#: of each chunk's few dozen operations is spread over many tokens (20 rows of GPT-2's 50 257).
+_CHUNK_BYTES = 8 << 20
+#: The entropy forecasts' histogram of ln p: bins of 1/8 nat below the largest probability,
+#: the last collecting everything more than 64 nats below it.
+_BINS_PER_NAT = 8
+_BINS = 512
 #: Per-window arrays that are sums over tokens (and so add up across shards).
 SUMMED_FIELDS = (
     "tokens",
@@ -376,10 +384,12 @@ def corpus_digest(corpus: TokenCorpus) -> str:
 
 
 class _Scorer:
-    """Per-token losses, forecasts and squared deviations from logits [R, V], in float64.
+    """Per-token losses, forecasts and squared deviations from logits [R, V].
 
     The [R, V] work arrays are allocated once and reused (in-place operations): fresh
-    allocations of this size cost more in page faults than the arithmetic.
+    allocations of this size cost more in page faults than the arithmetic. The passes over the
+    vocabulary run in single precision, as the logits are; what a loss needs is summed in
+    float64.
     """
 
     def __init__(self, alphas, top_k, vocab_size: int, device: str) -> None:
@@ -390,49 +400,59 @@ class _Scorer:
         self.rows_per_chunk = max(1, _CHUNK_BYTES // (8 * vocab_size))
         shape = (self.rows_per_chunk, vocab_size)
         self.index = torch.arange(vocab_size, device=device)
-        self.logits = torch.empty(shape, dtype=torch.float64, device=device)
-        self.probabilities = torch.empty(shape, dtype=torch.float64, device=device)
-        self.work = torch.empty(shape, dtype=torch.float64, device=device)
-        self.single = torch.empty(shape, dtype=torch.float32, device=device)
-        self.smoothed = torch.empty(shape, dtype=torch.float32, device=device)
-        self.logs = torch.empty(shape, dtype=torch.float32, device=device)
-        self.floor = [
-            torch.tensor(a / vocab_size, dtype=torch.float32, device=device) for a in alphas
-        ]
+        self.work: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+        self.bins = torch.empty(shape, dtype=torch.int64, device=device)
+        alpha = torch.tensor(alphas, dtype=torch.float64, device=device)[:, None]
+        self.kept, self.spread = 1.0 - alpha, alpha / vocab_size  # [A, 1]: p̃ = kept p + spread
         self.above = torch.empty(shape, dtype=torch.bool, device=device)
         self.before = torch.empty(shape, dtype=torch.bool, device=device)
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per-token values of every summed field for the rows of `logits` (at most a chunk)."""
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """(ln p of the target, its rank, the entropy forecasts, the top-k masses) for the rows
+        of `logits` (at most a chunk); `deviations` turns them into the summed fields."""
         rows = len(logits)
-        z, p, work = self.logits[:rows], self.probabilities[:rows], self.work[:rows]
-        z.copy_(logits)
-        peak = z.amax(1, keepdim=True)
-        if not (torch.isfinite(peak).all() and torch.isfinite(z.amin(1)).all()):
-            raise ValueError("the model returned a non-finite logit (NaN or ±inf)")
-        # log_softmax: ln p = (z − max) − ln Σ exp(z − max)
-        torch.sub(z, peak, out=p)
-        torch.exp(p, out=work)
-        total = work.sum(1, keepdim=True)
-        torch.div(work, total, out=p)
+        # Single precision unless the model computes in double: never below the model's own.
+        z = logits if logits.dtype == torch.float64 else logits.float()
+        shifted, weights, scaled, ones = (array[:rows] for array in self._work(z))
+        peak = z.amax(1, keepdim=True)  # NaN if any logit is NaN
         z_target = z.gather(1, targets[:, None])
-        log_p_target = ((z_target - peak) - total.log())[:, 0]
-        rank = self._rank(z, z_target, targets)
-        entropy = self._entropy_bits(p)
+        # A −∞ logit is a probability of 0, harmless unless it is the target's.
+        if not (torch.isfinite(peak).all() and torch.isfinite(z_target).all()):
+            raise ValueError(
+                "the model returned a non-finite logit (NaN, +inf, or -inf for a target)"
+            )
+        # ln p_v = (z_v − max z) − ln Σ exp(z − max z)
+        torch.sub(z, peak, out=shifted)
+        torch.exp(shifted, out=weights)
+        total = weights.sum(1, keepdim=True).double()
+        log_p_target = ((z_target.double() - peak.double()) - total.log())[:, 0]
+        rank = self._rank(z, z_target, targets, peak)
+        entropy = self._entropy_bits(shifted, weights, total, scaled, ones)
         if not self.top_k:
-            top_mass = z.new_zeros((rows, 0))
+            top_mass = total.new_zeros((rows, 0))
         elif self.k.max() == 1:
             # The largest exp(z − max) is exp(0) = 1, so the top-1 mass is p's largest entry
             # 1/Σ exactly, without a pass over the vocabulary.
             top_mass = 1.0 / total
         else:
-            top_mass = torch.topk(p, int(self.k.max()), dim=1).values.cumsum(1)
-            top_mass = top_mass[:, torch.as_tensor(self.k - 1, device=z.device)]
-        host = [t.cpu().numpy() for t in (log_p_target, rank, entropy, top_mass)]
-        return self._deviations(*host)
+            top = torch.topk(weights, int(self.k.max()), dim=1).values.double().cumsum(1) / total
+            top_mass = top[:, torch.as_tensor(self.k - 1, device=z.device)]
+        return tuple(t.cpu().numpy() for t in (log_p_target, rank, entropy, top_mass))
 
-    def _rank(self, z: torch.Tensor, z_target: torch.Tensor, targets: torch.Tensor):
-        """#{v : z_v > z_y} + #{v < y : z_v = z_y}: the target's place, ties to lower ids."""
+    def _rank(self, z, z_target, targets, peak) -> torch.Tensor:
+        """#{v : z_v > z_y} + #{v < y : z_v = z_y}, the target's place with ties to lower ids,
+        as far as the top-k errors need it: counted in full, or with k = 1 only whether it is
+        0 (the target is the first id with the largest logit), which needs a pass over the
+        vocabulary only for the rows whose target has the largest logit."""
+        if not self.top_k:
+            return targets.new_zeros(len(z))
+        if self.k.max() == 1:
+            rank = (z_target < peak)[:, 0].long()
+            leading = (~rank.bool()).nonzero()[:, 0]
+            if len(leading):
+                ties = (z[leading] == peak[leading]) & (self.index < targets[leading, None])
+                rank[leading] = ties.any(1).long()
+            return rank
         above, before = self.above[: len(z)], self.before[: len(z)]
         torch.gt(z, z_target, out=above)
         rank = above.sum(1)
@@ -444,26 +464,48 @@ class _Scorer:
             rank[tied] += above[tied].logical_and_(before[tied]).sum(1)
         return rank
 
-    def _entropy_bits(self, p: torch.Tensor) -> torch.Tensor:
-        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], one α at a time, in float32.
+    def _work(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Three [rows per chunk, V] work arrays of z's dtype and one of ones, allocated on
+        first use."""
+        if z.dtype not in self.work:
+            shape = (self.rows_per_chunk, self.vocab_size)
+            arrays = [torch.empty(shape, dtype=z.dtype, device=z.device) for _ in range(3)]
+            self.work[z.dtype] = (*arrays, torch.ones(shape, dtype=z.dtype, device=z.device))
+        return self.work[z.dtype]
 
-        The entropy is only the forecast c_t of the Bernstein bound, which may be any
-        function of the context computed the same way every time: single precision, one
-        logarithm and a dot product per α cost about a quarter of float64 `entr` and a sum.
-        p̃ = (1 − α) p + α/V is a sum of two non-negative terms, so forming it directly is
-        accurate to an ulp and p̃ ≥ α/V > 0.
+    def _entropy_bits(self, shifted, weights, total, scaled, ones) -> torch.Tensor:
+        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], from a histogram of ln p.
+
+        The entropy is only the forecast c_t of the Bernstein bound, which may be any function
+        of the context computed the same way every time. The ids are put in bins b of 1/8 nat
+        by ln p_v − ln max p (the last bin takes everything 64 nats down or more); with n_b ids
+        of total probability m_b in bin b, each id is given its bin's mean p̄_b = m_b / n_b, so
+
+            H(p̃) ≈ −Σ_b ((1 − α) m_b + α n_b / V) log₂((1 − α) p̄_b + α / V),
+
+        exact when the probabilities within each bin are equal, within about 10⁻³ bits
+        otherwise (ln p varies by at most 1/8 within a bin). One pass over the vocabulary
+        serves every α. Each row's bins are summed along its own row, so a row's forecast does
+        not depend on the rows scored with it.
         """
-        rows = len(p)
-        single, smoothed, logs = self.single[:rows], self.smoothed[:rows], self.logs[:rows]
-        single.copy_(p)
-        entropy = p.new_empty((rows, len(self.alphas)))
-        for column, (alpha, floor) in enumerate(zip(self.alphas, self.floor, strict=True)):
-            torch.add(floor, single, alpha=1.0 - alpha, out=smoothed)
-            torch.log(smoothed, out=logs)
-            entropy[:, column] = torch.linalg.vecdot(smoothed, logs).double() / -LN2
-        return entropy
+        rows = len(shifted)
+        bins = self.bins[:rows]
+        torch.mul(shifted, -_BINS_PER_NAT, out=scaled)
+        scaled.clamp_(max=_BINS - 1)
+        bins.copy_(scaled)  # truncation: the floor of a non-negative number
+        histogram = weights.new_zeros((2, rows, _BINS))
+        histogram[0].scatter_add_(1, bins, ones)  # n_b
+        histogram[1].scatter_add_(1, bins, weights)  # Σ exp(ln p − ln max p) over the bin
+        row, column = histogram[0].nonzero().T
+        n = histogram[0, row, column].double()
+        m = histogram[1, row, column].double() / total[row, 0]
+        log_smoothed = torch.log(self.kept * (m / n) + self.spread)  # [A, occupied]
+        terms = (self.kept * m + self.spread * n) * log_smoothed
+        entropy = terms.new_zeros((len(self.alphas), rows)).index_add_(1, row, terms)
+        return (entropy / -LN2).T
 
-    def _deviations(self, log_p_target, rank, entropy, top_mass) -> dict[str, np.ndarray]:
+    def deviations(self, log_p_target, rank, entropy, top_mass) -> dict[str, np.ndarray]:
+        """Per-token values of every summed field (for all the chunks of a batch at once)."""
         rows = len(rank)
         smoothed = np.array(
             [smoothed_log_loss(log_p_target, alpha, self.vocab_size) for alpha in self.alphas]
@@ -496,8 +538,13 @@ def _evaluate_batch(model, corpus: TokenCorpus, windows: np.ndarray, scorer: _Sc
     chunks = []
     for begin in range(0, len(rows), scorer.rows_per_chunk):
         part = slice(begin, begin + scorer.rows_per_chunk)
-        chunks.append(scorer.score(flat_logits[rows_on_device[part]], flat_targets[part]))
-    per_row = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        first, last = rows[part][[0, -1]]
+        if last - first == len(rows[part]) - 1:  # consecutive rows: a view, not a copy
+            chunk = flat_logits[first : last + 1]
+        else:
+            chunk = flat_logits[rows_on_device[part]]
+        chunks.append(scorer.score(chunk, flat_targets[part]))
+    per_row = scorer.deviations(*(np.concatenate(values) for values in zip(*chunks, strict=True)))
     # Rows come in window order and every window scores at least one token.
     first_rows = np.searchsorted(rows // inputs.shape[1], np.arange(len(windows)))
     return {name: np.add.reduceat(values, first_rows, axis=0) for name, values in per_row.items()}

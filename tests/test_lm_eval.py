@@ -426,8 +426,9 @@ def test_corpus_digest_is_about_the_documents_not_their_storage():
 
 @pytest.mark.parametrize("vocab", [257, 50257])
 def test_entropy_forecasts_are_within_a_millibit(vocab):
-    """The histogram entropy of p̃ against the float64 sum −Σ p̃ log₂ p̃, for logits from nearly
-    uniform to nearly one-hot, in single and double precision."""
+    """The entropy forecast of p̃ (a sum over the ids for V ≤ 512, a histogram above) against
+    the float64 sum −Σ p̃ log₂ p̃, for logits from nearly uniform to nearly one-hot, in single
+    and double precision."""
     alphas = DEFAULT_ALPHA_GRID
     scorer = lm_eval._Scorer(alphas, (1,), vocab, "cpu")
     rows = min(scorer.rows_per_chunk, 2)
@@ -436,11 +437,11 @@ def test_entropy_forecasts_are_within_a_millibit(vocab):
             z = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(3)) * scale).to(
                 dtype
             )
-            shifted, weights, scaled, ones = (array[:rows] for array in scorer._work(z))
+            shifted, weights, *work = (array[:rows] for array in scorer._work(z))
             torch.sub(z, z.amax(1, keepdim=True), out=shifted)
             torch.exp(shifted, out=weights)
             total = weights.sum(1, keepdim=True).double()
-            forecast = scorer._entropy_bits(shifted, weights, total, scaled, ones).numpy()
+            forecast = scorer._entropy_bits(shifted, weights, total, work).numpy()
             p = torch.softmax(z.double(), dim=1).numpy()
             exact = (
                 np.stack(

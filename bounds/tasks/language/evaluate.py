@@ -413,7 +413,7 @@ class _Scorer:
         rows = len(logits)
         # Single precision unless the model computes in double: never below the model's own.
         z = logits if logits.dtype == torch.float64 else logits.float()
-        shifted, weights, scaled, ones = (array[:rows] for array in self._work(z))
+        shifted, weights, scaled, spare, ones = (array[:rows] for array in self._work(z))
         peak = z.amax(1, keepdim=True)  # NaN if any logit is NaN
         z_target = z.gather(1, targets[:, None])
         # A −∞ logit is a probability of 0, harmless unless it is the target's.
@@ -427,7 +427,7 @@ class _Scorer:
         total = weights.sum(1, keepdim=True).double()
         log_p_target = ((z_target.double() - peak.double()) - total.log())[:, 0]
         rank = self._rank(z, z_target, targets, peak)
-        entropy = self._entropy_bits(shifted, weights, total, scaled, ones)
+        entropy = self._entropy_bits(shifted, weights, total, (scaled, spare, ones))
         if not self.top_k:
             top_mass = total.new_zeros((rows, 0))
         elif self.k.max() == 1:
@@ -465,19 +465,22 @@ class _Scorer:
         return rank
 
     def _work(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Three [rows per chunk, V] work arrays of z's dtype and one of ones, allocated on
+        """Four [rows per chunk, V] work arrays of z's dtype and one of ones, allocated on
         first use."""
         if z.dtype not in self.work:
             shape = (self.rows_per_chunk, self.vocab_size)
-            arrays = [torch.empty(shape, dtype=z.dtype, device=z.device) for _ in range(3)]
+            arrays = [torch.empty(shape, dtype=z.dtype, device=z.device) for _ in range(4)]
             self.work[z.dtype] = (*arrays, torch.ones(shape, dtype=z.dtype, device=z.device))
         return self.work[z.dtype]
 
-    def _entropy_bits(self, shifted, weights, total, scaled, ones) -> torch.Tensor:
-        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], from a histogram of ln p.
+    def _entropy_bits(self, shifted, weights, total, work) -> torch.Tensor:
+        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A]: exactly (in the logits' precision)
+        when V ≤ 512, from a histogram of ln p otherwise.
 
         The entropy is only the forecast c_t of the Bernstein bound, which may be any function
-        of the context computed the same way every time. The ids are put in bins b of 1/8 nat
+        of the context computed the same way every time. With no more ids than the histogram
+        has bins, the sum over the ids, one α at a time, costs less. Otherwise the ids are put
+        in bins b of 1/8 nat
         by ln p_v − ln max p (the last bin takes everything 64 nats down or more); with n_b ids
         of total probability m_b in bin b, each id is given its bin's mean p̄_b = m_b / n_b, so
 
@@ -489,6 +492,15 @@ class _Scorer:
         not depend on the rows scored with it.
         """
         rows = len(shifted)
+        scaled, spare, ones = work
+        if self.vocab_size <= _BINS:
+            torch.div(weights, total.to(weights.dtype), out=scaled)  # p
+            entropy = total.new_empty((rows, len(self.alphas)))
+            for column, alpha in enumerate(self.alphas):
+                torch.mul(scaled, 1.0 - alpha, out=shifted).add_(alpha / self.vocab_size)  # p̃
+                torch.log(shifted, out=spare)
+                entropy[:, column] = torch.linalg.vecdot(shifted, spare).double() / -LN2
+            return entropy
         bins = self.bins[:rows]
         torch.mul(shifted, -_BINS_PER_NAT, out=scaled)
         scaled.clamp_(max=_BINS - 1)

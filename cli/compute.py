@@ -244,6 +244,7 @@ def compute(
     quiet = quiet or not main_rank
     data = DEFAULT_DATA[task] if data is None else data
     invocation["data"] = data
+    context = 256 if context is None else context
     if code is not CodeKind.parameters:
         network = load_model(model, arch, trust_pickle=trust_pickle).model
         requential = requential_options(code, pool, labels, student_seed, shared_seed)
@@ -251,7 +252,7 @@ def compute(
             family = requential.language_family(
                 network,
                 student_arch,
-                sequence_length=sequence_length or context or 256,
+                sequence_length=context if sequence_length is None else sequence_length,
                 start_token=start_token if start_token is not None else default_start(data, eod),
             )
         else:
@@ -278,7 +279,7 @@ def compute(
             network,
             corpus(data, "train", offsets),
             test_corpus=None if test_data is None else corpus(test_data, "test", test_offsets),
-            context=256 if context is None else context,
+            context=context,
             stride=stride,
             alphas=parse_floats(alphas, "--alphas") if alphas else bounds.DEFAULT_ALPHA_GRID,
             top_k=parse_ints("1" if top_k is None else top_k, "--top-k"),

@@ -440,7 +440,7 @@ def test_entropy_forecasts_are_within_a_millibit(vocab):
             shifted, weights, *work = (array[:rows] for array in scorer._work(z))
             torch.sub(z, z.amax(1, keepdim=True), out=shifted)
             torch.exp(shifted, out=weights)
-            total = weights.sum(1, keepdim=True).double()
+            total = weights.sum(1, keepdim=True, dtype=torch.float64)
             forecast = scorer._entropy_bits(shifted, weights, total, work).numpy()
             p = torch.softmax(z.double(), dim=1).numpy()
             exact = (

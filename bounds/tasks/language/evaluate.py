@@ -3,8 +3,8 @@
 For each scored token y with context x_<t (the window of `token_windows`), from the logits z
 with p = softmax(z) and vocabulary size V = number of logits:
 - log loss −log₂ p_y = (max z − z_y + ln Σ_v exp(z_v − max z)) / ln 2, in float64 but for the
-  sum Σ_v exp(z_v − max z), computed in single precision as the logits are (relative error
-  about 10⁻⁷; in double throughout for a model whose logits are float64);
+  terms exp(z_v − max z), computed in single precision as the logits are and summed in
+  float64 (in double throughout for a model whose logits are float64);
 - smoothed log loss ℓ_α = −log₂ p̃_y, p̃ = (1 − α) p + α/V, for each α of the grid
   (Lotfi et al. 2024, "Non-vacuous generalization bounds for large language models"), with
   range [−log₂(1 − α + α/V), log₂(V/α)] (both from `bounds.formulas.sequence`);
@@ -424,7 +424,7 @@ class _Scorer:
         # ln p_v = (z_v − max z) − ln Σ exp(z − max z)
         torch.sub(z, peak, out=shifted)
         torch.exp(shifted, out=weights)
-        total = weights.sum(1, keepdim=True).double()
+        total = weights.sum(1, keepdim=True, dtype=torch.float64)
         log_p_target = ((z_target.double() - peak.double()) - total.log())[:, 0]
         rank = self._rank(z, z_target, targets, peak)
         entropy = self._entropy_bits(shifted, weights, total, (scaled, spare, ones))

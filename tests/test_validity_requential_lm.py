@@ -195,7 +195,8 @@ def test_requential_student_bounds_cover_its_exact_sequential_risk():
                 bound = by_method[method]
                 name = loss if loss == "top1" else f"bits@{bound.terms['alpha']}"
                 empirical, target = exact[name]
-                assert math.isclose(bound.empirical_risk, empirical, rel_tol=1e-9)
+                # The scorer forms exp(z − max z) in single precision, as the logits are.
+                assert math.isclose(bound.empirical_risk, empirical, rel_tol=1e-7)
                 assert recomputed(bound, certificate.code_bits) == bound.value
                 for key, value in (
                     ((loss, method), bound.value),

@@ -482,51 +482,31 @@ def default_start(data_spec: str, eod: int | None) -> int:
 
 
 def requential_from_certificate(prior: dict):
-    """The requential code family a certificate's prior section declares (`bounds verify`)."""
+    """The requential code family a certificate's prior section declares (`bounds verify`):
+    rebuilt from the student spec, the schedule and the other fields, and refused unless its
+    fingerprint is the one the certificate states."""
     from quantize.requential import Schedule
 
-    if prior.get("kind") == "requential-lm":
-        return _sequences_from_certificate(prior)
-    try:
-        spec, pool_spec = prior["student"]["spec"], prior["pool_spec"]
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
-        init_seed, seed, classes = (
-            int(prior["init_seed"]),
-            int(prior["seed"]),
-            int(prior["classes"]),
-        )
-        schedule = Schedule(**fields)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"the certificate's requential prior is not readable: {error!r}") from None
-    inputs = pool_inputs(pool_spec)
-    family = _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes)
-    if family.prior.fingerprint() != prior.get("fingerprint"):
-        raise ValueError(
-            "the requential prior rebuilt from the certificate (student, pool, schedule, seeds) "
-            "has another fingerprint than the certificate states"
-        )
-    return family
-
-
-def _sequences_from_certificate(prior: dict):
-    """The language-model requential family of a certificate's prior section."""
-    from quantize.requential import Schedule
-
+    language = prior.get("kind") == "requential-lm"
+    keys = ("vocab_size", "sequence_length", "start_token") if language else ("classes",)
     try:
         spec = prior["student"]["spec"]
+        pool_spec = None if language else prior["pool_spec"]
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in prior["schedule"].items()}
-        numbers = [
-            int(prior[key])
-            for key in ("init_seed", "seed", "vocab_size", "sequence_length", "start_token")
-        ]
+        init_seed, seed, *numbers = (int(prior[key]) for key in ("init_seed", "seed", *keys))
         schedule = Schedule(**fields)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"the certificate's requential prior is not readable: {error!r}") from None
-    family = _sequence_codes(spec, schedule, *numbers)
+    if language:
+        family = _sequence_codes(spec, schedule, init_seed, seed, *numbers)
+    else:
+        inputs = pool_inputs(pool_spec)
+        family = _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, *numbers)
     if family.prior.fingerprint() != prior.get("fingerprint"):
         raise ValueError(
             "the requential prior rebuilt from the certificate (student, schedule, seeds, "
-            "sequence length, start token) has another fingerprint than the certificate states"
+            f"{'sequence length, start token' if language else 'pool'}) has another "
+            "fingerprint than the certificate states"
         )
     return family
 

@@ -154,6 +154,16 @@ class Schedule:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
+    def count(self, grid_index: int) -> int:
+        """N of a grid index; ValueError if the index is outside the grid."""
+        if isinstance(grid_index, bool) or not isinstance(grid_index, (int, np.integer)):
+            raise ValueError(f"grid_index must be an int, got {grid_index!r}")
+        if not 0 <= grid_index < len(self.label_counts):
+            raise ValueError(
+                f"grid_index {grid_index} is outside the grid of {len(self.label_counts)} N"
+            )
+        return self.label_counts[grid_index]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields (label_counts as a list)."""
         out = asdict(self)
@@ -178,21 +188,8 @@ class RequentialPrior:
         seed: int,
         classes: int,
     ) -> None:
-        if not callable(student):
-            raise ValueError(
-                "student must be a callable seed -> nn.Module (e.g. Architecture.build)"
-            )
-        for name, value in (
-            ("student_fingerprint", student_fingerprint),
-            ("student_spec", student_spec),
-        ):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string")
-        _check_int("init_seed", init_seed, minimum=0)
-        _check_int("seed", seed, minimum=0)
+        _check_prior(student, student_fingerprint, student_spec, init_seed, schedule, seed)
         _check_int("classes", classes, minimum=2)
-        if not isinstance(schedule, Schedule):
-            raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         if not torch.is_tensor(pool) or pool.dim() < 1 or not pool.is_floating_point():
             raise ValueError("pool must be a floating tensor [P, ...] of unlabelled inputs")
         if not bool(torch.isfinite(pool).all()):
@@ -263,12 +260,7 @@ class RequentialPrior:
 
     def label_count(self, grid_index: int) -> int:
         """N for a grid index; ValueError if the index is outside the grid or N > pool size."""
-        counts = self.schedule.label_counts
-        if isinstance(grid_index, bool) or not isinstance(grid_index, (int, np.integer)):
-            raise ValueError(f"grid_index must be an int, got {grid_index!r}")
-        if not 0 <= grid_index < len(counts):
-            raise ValueError(f"grid_index {grid_index} is outside the grid of {len(counts)} N")
-        count = counts[grid_index]
+        count = self.schedule.count(grid_index)
         if count > self.pool.shape[0]:
             raise ValueError(
                 f"N = {count} labels needs {count} pool inputs; the pool has {self.pool.shape[0]}"
@@ -836,6 +828,22 @@ def _agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> 
         device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
         theirs = teacher(inputs.to(device)).argmax(dim=1).cpu()
     return float((mine == theirs).double().mean())
+
+
+def _check_prior(student, student_fingerprint, student_spec, init_seed, schedule, seed) -> None:
+    """The checks every requential prior makes of its student, seeds and schedule."""
+    if not callable(student):
+        raise ValueError("student must be a callable seed -> nn.Module (e.g. Architecture.build)")
+    for name, value in (
+        ("student_fingerprint", student_fingerprint),
+        ("student_spec", student_spec),
+    ):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string")
+    _check_int("init_seed", init_seed, minimum=0)
+    _check_int("seed", seed, minimum=0)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -45,6 +45,7 @@ from .priors import Fingerprinter
 from .requential import (
     Schedule,
     _check_int,
+    _check_prior,
     _coder,
     _deterministic,
     _evaluating,
@@ -86,18 +87,7 @@ class SequencePrior:
         sequence_length: int,
         start_token: int,
     ) -> None:
-        if not callable(student):
-            raise ValueError(
-                "student must be a callable seed -> nn.Module (e.g. Architecture.build)"
-            )
-        for name, value in (
-            ("student_fingerprint", student_fingerprint),
-            ("student_spec", student_spec),
-        ):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string")
-        _check_int("init_seed", init_seed, minimum=0)
-        _check_int("seed", seed, minimum=0)
+        _check_prior(student, student_fingerprint, student_spec, init_seed, schedule, seed)
         _check_int("vocab_size", vocab_size, minimum=2)
         _check_int("sequence_length", sequence_length, minimum=1)
         _check_int("start_token", start_token, minimum=0)
@@ -105,8 +95,6 @@ class SequencePrior:
             raise ValueError(
                 f"start_token {start_token} is not an id of a vocabulary of {vocab_size}"
             )
-        if not isinstance(schedule, Schedule):
-            raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         self.student = student
         self.student_fingerprint = student_fingerprint
         self.student_spec = student_spec
@@ -153,12 +141,7 @@ class SequencePrior:
 
     def label_count(self, grid_index: int) -> int:
         """N for a grid index; ValueError if the index is outside the grid."""
-        counts = self.schedule.label_counts
-        if isinstance(grid_index, bool) or not isinstance(grid_index, (int, np.integer)):
-            raise ValueError(f"grid_index must be an int, got {grid_index!r}")
-        if not 0 <= grid_index < len(counts):
-            raise ValueError(f"grid_index {grid_index} is outside the grid of {len(counts)} N")
-        return counts[grid_index]
+        return self.schedule.count(grid_index)
 
     def run(
         self,

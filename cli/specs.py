@@ -512,22 +512,27 @@ def requential_from_certificate(prior: dict):
 
 
 def _sequence_codes(spec, schedule, init_seed, seed, vocab_size, sequence_length, start_token):
-    from bounds.pipeline.codes import RequentialCodes
     from quantize.requential_lm import SequencePrior
 
-    student = _student(spec, init_seed)
-    prior = SequencePrior(
-        student.build,
-        student.fingerprint,
-        student.spec,
+    return _codes(
+        SequencePrior,
+        spec,
         init_seed,
-        schedule,
-        seed,
-        vocab_size,
-        sequence_length,
-        start_token,
+        schedule=schedule,
+        seed=seed,
+        vocab_size=vocab_size,
+        sequence_length=sequence_length,
+        start_token=start_token,
     )
-    return RequentialCodes(prior)
+
+
+def _codes(kind, spec: str, init_seed: int, *, pool_spec: str | None = None, **fields):
+    """RequentialCodes of a `kind` of prior for the student `spec` (built once first)."""
+    from bounds.pipeline.codes import RequentialCodes
+
+    student = _student(spec, init_seed)
+    prior = kind(student.build, student.fingerprint, student.spec, init_seed=init_seed, **fields)
+    return RequentialCodes(prior, pool_spec=pool_spec)
 
 
 def _student(spec: str, init_seed: int):
@@ -544,18 +549,15 @@ def _student(spec: str, init_seed: int):
 
 
 def _requential_codes(spec, pool_spec, inputs, schedule, init_seed, seed, classes):
-    from bounds.pipeline.codes import RequentialCodes
     from quantize.requential import RequentialPrior
 
-    student = _student(spec, init_seed)
-    prior = RequentialPrior(
-        student.build,
-        student.fingerprint,
-        student.spec,
+    return _codes(
+        RequentialPrior,
+        spec,
         init_seed,
-        inputs,
-        schedule,
-        seed,
-        int(classes),
+        pool_spec=pool_spec,
+        pool=inputs,
+        schedule=schedule,
+        seed=seed,
+        classes=int(classes),
     )
-    return RequentialCodes(prior, pool_spec=pool_spec)

@@ -480,9 +480,9 @@ class _Scorer:
         The entropy is only the forecast c_t of the Bernstein bound, which may be any function
         of the context computed the same way every time. With no more ids than the histogram
         has bins, the sum over the ids, one α at a time, costs less. Otherwise the ids are put
-        in bins b of 1/8 nat
-        by ln p_v − ln max p (the last bin takes everything 64 nats down or more); with n_b ids
-        of total probability m_b in bin b, each id is given its bin's mean p̄_b = m_b / n_b, so
+        in bins b of 1/8 nat by ln p_v − ln max p (the last bin takes everything 64 nats down
+        or more); with n_b ids of total probability m_b in bin b, each id is given its bin's
+        mean p̄_b = m_b / n_b, so
 
             H(p̃) ≈ −Σ_b ((1 − α) m_b + α n_b / V) log₂((1 − α) p̄_b + α / V),
 

@@ -34,10 +34,11 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import binom
+from test_validity_pipeline import DELTA, recomputed  # the same δ, the same recomputation
 from torch import nn
 
 import bounds
-from bounds import azuma_bound, bernstein_bound, smoothed_log_loss
+from bounds import smoothed_log_loss
 from bounds.pipeline.codes import RequentialCodes
 from bounds.tasks.language.tokens import TokenCorpus
 from quantize.requential import RequentialCode, Schedule
@@ -45,7 +46,6 @@ from quantize.requential_lm import SequencePrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DELTA = 0.25
 ALARM = 1e-3
 DRAWS = 30
 STATES = 8  # chain states, token ids 0 … 7
@@ -153,15 +153,6 @@ def targets(student: nn.Module, ids: np.ndarray) -> dict[str, tuple[float, float
         conditional = (chain()[previous] * loss).sum(axis=1)
         out[name] = (math.fsum(empirical) / len(empirical), math.fsum(conditional) / len(empirical))
     return out
-
-
-def recomputed(bound, code_bits: float) -> float:
-    """The token-level bound from the certificate's own numbers with another code length."""
-    arguments = (bound.empirical_risk, bound.n, code_bits, DELTA)
-    options = dict(loss_range=bound.loss_range, choices=int(bound.terms["choices"]))
-    if bound.method == "bernstein":
-        return bernstein_bound(*arguments, square_sum=bound.terms["square_sum"], **options).value
-    return azuma_bound(*arguments, **options).value
 
 
 def test_requential_student_bounds_cover_its_exact_sequential_risk():

@@ -165,14 +165,16 @@ def test_the_check_is_deterministic_and_tests_real_and_random_windows():
     assert len(runs[0]) == len(runs[1])
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
     calls = runs[0]
-    # Two windows of the corpus, one of random ids; each call is a window and its variants.
+    # Two windows of the corpus, one of random ids; each is one call of the window repeated,
+    # then one of its variants, row r cut after the r-th cut point.
     windows = {tuple(corpus.tokens[w["start"] : w["end"] - 1].tolist()) for w in plan}
-    bases = [tuple(call[0].tolist()) for call in calls]
-    assert len(calls) == 3 and [base in windows for base in bases] == [True, True, False]
+    repeated, changed = calls[0::2], calls[1::2]
+    bases = [tuple(call[0].tolist()) for call in repeated]
+    assert len(calls) == 6 and [base in windows for base in bases] == [True, True, False]
     assert len(bases[2]) == int((plan["end"] - plan["start"] - 1).max()) == CONTEXT
-    for call in calls:
-        length = call.shape[1]
-        base, variants = call[0], call[1:]
+    for window, variants in zip(repeated, changed, strict=True):
+        assert window.shape == variants.shape and bool((window == window[0]).all())
+        base, length = window[0], window.shape[1]
         cuts = [int((variant != base).nonzero()[0, 0]) - 1 for variant in variants]
         assert cuts[0] == 0 and cuts[-1] == length - 2 and cuts == sorted(set(cuts))
         assert len(cuts) == min(length - 1, 2 + lm_eval.CAUSAL_RANDOM_CUTS)
@@ -183,16 +185,45 @@ def test_the_check_is_deterministic_and_tests_real_and_random_windows():
             assert int(variant.max()) < VOCAB
 
 
-def test_the_check_costs_a_few_rows_of_at_most_the_context():
+@pytest.mark.parametrize("batch_size", [2, 8])
+def test_the_check_costs_a_few_rows_of_at_most_the_context(batch_size):
     model = Recording()
-    evaluate(model, batch_size=8)
-    rows_per_window = 1 + 2 + lm_eval.CAUSAL_RANDOM_CUTS
+    evaluate(model, batch_size=batch_size)
+    cuts = 2 + lm_eval.CAUSAL_RANDOM_CUTS
     windows = lm_eval.CAUSAL_CORPUS_WINDOWS + lm_eval.CAUSAL_RANDOM_WINDOWS
-    probe, check = model.calls[0], model.calls[1 : 1 + windows]
+    # Variants in calls of at most batch_size rows; the window repeated once per call size.
+    sizes = [min(batch_size, cuts - begin) for begin in range(0, cuts, batch_size)]
+    per_window = len(sizes) + len(set(sizes))
+    probe, check = model.calls[0], model.calls[1 : 1 + windows * per_window]
     assert probe.shape == (1, 1)
-    assert [call.shape for call in check] == [(rows_per_window, CONTEXT)] * windows
+    assert sum(call.shape[0] for call in check) == windows * (cuts + sum(set(sizes)))
+    assert {call.shape[1] for call in check} == {CONTEXT}
+    assert max(call.shape[0] for call in check) == min(batch_size, cuts)
     with pytest.raises(ValueError, match="not causal"):
-        evaluate(Leaky(PrefixSum(), 1.0), batch_size=2)  # calls of 2 rows: window and variant
+        evaluate(Leaky(PrefixSum(), 1.0), batch_size=1)  # calls of 1 row
+
+
+class RowRounding(nn.Module):
+    """Causal, but each row's logits are rounded by where the row lies in the batch (as some
+    matrix-multiply kernels do): equal inputs in two rows of one call give logits that differ
+    in their last bits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = PrefixSum()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        offset = torch.arange(len(ids), dtype=torch.float64)[:, None, None]
+        return (self.base(ids) + offset) - offset
+
+
+def test_rounding_that_depends_on_the_row_is_not_taken_for_a_leak():
+    model = RowRounding()
+    logits = model(torch.tensor([[1, 2, 3]] * 8))
+    assert bool((logits[1:] != logits[0]).any())  # the rows really do differ
+    assert evaluate(model).totals().tokens == random_corpus().scored_tokens
+    with pytest.raises(ValueError, match="not causal"):
+        evaluate(Leaky(model, 1e-5))
 
 
 class Dropping(nn.Module):

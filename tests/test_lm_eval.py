@@ -323,8 +323,8 @@ class Truncating(PreviousToken):
         ),
         (nn.Linear(4, 4), None, {}, r"rejects long token ids of shape \(1, 1\)"),
         (lambda ids: ids.double(), None, {}, r"token ids \[1, 1\] to logits \[1, 1, V\]"),
-        # The causality check's first call: the window and its 3 variants.
-        (Truncating(), None, {}, r"to logits \[4, 4, 11\], got shape \(4, 1, 11\)"),
+        # The causality check's first call: the window repeated for its 3 variants.
+        (Truncating(), None, {}, r"to logits \[3, 4, 11\], got shape \(3, 1, 11\)"),
         (lambda ids: (ids,), None, {}, "tensor or an object with .logits, got tuple"),
         (lambda ids: torch.zeros(*ids.shape, 1), None, {}, "at least 2 outputs"),
         (
@@ -424,7 +424,7 @@ def test_corpus_digest_is_about_the_documents_not_their_storage():
     assert len({digest, *(lm_eval.corpus_digest(c) for c in other)}) == 1 + len(other)
 
 
-@pytest.mark.parametrize("vocab", [257, 50257])
+@pytest.mark.parametrize("vocab", [257, 50257, 262144])
 def test_entropy_forecasts_are_within_a_millibit(vocab):
     """The entropy forecast of p̃ (a sum over the ids for V ≤ 512, a histogram above) against
     the float64 sum −Σ p̃ log₂ p̃, for logits from nearly uniform to nearly one-hot, in single
@@ -437,11 +437,8 @@ def test_entropy_forecasts_are_within_a_millibit(vocab):
             z = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(3)) * scale).to(
                 dtype
             )
-            shifted, weights, *work = (array[:rows] for array in scorer._work(z))
-            torch.sub(z, z.amax(1, keepdim=True), out=shifted)
-            torch.exp(shifted, out=weights)
-            total = weights.sum(1, keepdim=True, dtype=torch.float64)
-            forecast = scorer._entropy_bits(shifted, weights, total, work).numpy()
+            targets = torch.zeros(rows, dtype=torch.long)
+            _, _, forecast, _ = scorer.score(z, np.arange(rows), targets)
             p = torch.softmax(z.double(), dim=1).numpy()
             exact = (
                 np.stack(
@@ -451,3 +448,26 @@ def test_entropy_forecasts_are_within_a_millibit(vocab):
                 .T
             )
             assert np.abs(forecast - exact).max() < 1e-3, (scale, dtype)
+
+
+@pytest.mark.parametrize("vocab", [257, 50257, 262144])
+def test_the_log_loss_is_exact_to_float_rounding(vocab):
+    """ln p_y against float64 log_softmax of the same logits, over rows that span several
+    chunks, from nearly uniform to nearly one-hot, with some ids at −∞: in single precision
+    within 10⁻⁷ nats (the rounding of p's entries), in double within 10⁻⁸ (a histogram's
+    rounding, for a large vocabulary) and 10⁻¹² (a direct sum, for a small one)."""
+    scorer = lm_eval._Scorer((0.1,), (1,), vocab, "cpu")
+    rows = scorer.rows_per_chunk + 2
+    generator = torch.Generator().manual_seed(4)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+
+    def error(logits: torch.Tensor) -> float:
+        exact = torch.log_softmax(logits.double(), 1)[torch.arange(rows), targets].numpy()
+        return np.abs(scorer.score(logits, np.arange(rows), targets)[0] - exact).max()
+
+    for scale in (0.1, 1.0, 3.0, 10.0, 100.0):
+        z = torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * scale
+        z[:, torch.randperm(vocab, generator=generator)[: vocab // 10]] = -math.inf
+        z[torch.arange(rows), targets] = 0.0  # at scale 100, far below p's smallest float
+        assert error(z.float()) < 1e-7, scale
+        assert error(z) < (1e-12 if vocab <= 512 else 1e-8), scale

@@ -2,15 +2,15 @@
 
 For each scored token y with context x_<t (the window of `token_windows`), from the logits z
 with p = softmax(z) and vocabulary size V = number of logits:
-- log loss −log₂ p_y = (max z − z_y + ln Σ_v exp(z_v − max z)) / ln 2, in float64 but for the
-  terms exp(z_v − max z), computed in single precision as the logits are and summed in
-  float64 (in double throughout for a model whose logits are float64);
+- log loss −log₂ p_y = (max z − z_y + ln Σ_v p_v − ln max_v p_v) / ln 2 (Σ p / max p =
+  Σ_v exp(z_v − max z)), with p computed in single precision as the logits are (double for
+  a model whose logits are float64), Σ p and the rest in float64;
 - smoothed log loss ℓ_α = −log₂ p̃_y, p̃ = (1 − α) p + α/V, for each α of the grid
   (Lotfi et al. 2024, "Non-vacuous generalization bounds for large language models"), with
   range [−log₂(1 − α + α/V), log₂(V/α)] (both from `bounds.formulas.sequence`);
 - top-k error: 1 iff #{v : z_v > z_y} + #{v < y : z_v = z_y} ≥ k (ties go to the lower index);
 - the model's forecast c of each loss, which depends on the context only: the entropy of p̃
-  in bits for ℓ_α (computed from a histogram of ln p, `_Scorer._entropy_bits`), 1 − Σ_{v in
+  in bits for ℓ_α (computed from a histogram of p for a large vocabulary), 1 − Σ_{v in
   top-k} p_v for the top-k error. The evaluation keeps
   Σ (X − c)² with loss X and forecast c mapped to [0, 1] by the loss's range, the variance
   proxy of the Freedman / empirical-Bernstein token bound.
@@ -43,14 +43,16 @@ from bounds.reports.progress import progress_bar
 from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 LN2 = math.log(2.0)
-#: Bytes of one int64 [rows, V] work array; the scorer keeps it, three float32 ones (float64
-#: for a model that computes in double) and two boolean ones. Large enough that the fixed cost
-#: of each chunk's few dozen operations is spread over many tokens (20 rows of GPT-2's 50 257).
-_CHUNK_BYTES = 8 << 20
-#: The entropy forecasts' histogram of ln p: bins of 1/8 nat below the largest probability,
-#: the last collecting everything more than 64 nats below it.
-_BINS_PER_NAT = 8
-_BINS = 512
+#: Bytes of one int64 [rows, V] work array; the scorer keeps it, a float64 one, an int32 one and
+#: two boolean ones, and makes the softmax p of each chunk. Large enough that the fixed cost of
+#: each chunk's dozen operations is spread over many tokens (20 rows of GPT-2's 50 257).
+_CHUNK_BYTES = 2 << 20
+#: The entropy forecasts: a sum over the ids up to this vocabulary size, a histogram of p above
+#: it, whose bins are named by the first 12 bits of p in single precision (p ≤ 1 keeps them
+#: below 1024).
+_EXACT_ENTROPY_VOCAB = 512
+_BIN_SHIFT = 20
+_BINS = 1024
 #: Per-window arrays that are sums over tokens (and so add up across shards).
 SUMMED_FIELDS = (
     "tokens",
@@ -271,20 +273,29 @@ def check_causal(
     there) and `CAUSAL_RANDOM_CUTS` drawn between them (all positions if there are no more).
     For each t every token after t is replaced by a different random one, and the logits at
     positions 0…t must not change at all. A leak into a fraction f of the inner positions
-    escapes all windows with probability about (1 − f)^(3·3). Cost: at most 3 × 6 rows of at
-    most the context (the window and its 5 variants), in calls of max(2, batch_size) rows.
+    escapes all windows with probability about (1 − f)^(3·3). Each variant is compared with
+    the window at the same row of a call of the same shape: some matrix-multiply kernels round
+    a row differently by where it lies in the batch (seen with MKL on an AVX-512 CPU), so two
+    rows of one call may differ in their last bit although their inputs are equal. Cost: per
+    window, its at most 5 variants in calls of at most `batch_size` rows, and the window
+    repeated as many times, once per distinct call size.
     """
     # Replacements stay within the declared vocabulary, when there is one to choose from.
     declared = corpus.vocab_size
     limit = declared if declared is not None and declared >= 2 else vocab_size
     rng = np.random.default_rng(_CAUSAL_SEED)
-    per_call = max(1, batch_size - 1)  # variants per call, besides the window itself
     for label, ids in _causal_windows(corpus, plan, vocab_size, limit, rng):
         cuts = _cut_points(len(ids), rng)
         variants = [_replace_after(ids, t, limit, rng) for t in cuts]
-        for begin in range(0, len(cuts), per_call):
-            part = slice(begin, begin + per_call)
-            _compare_cuts(model, ids, cuts[part], variants[part], label, vocab_size, device)
+        repeated: dict[int, torch.Tensor] = {}  # the window's logits, by the number of rows
+        for begin in range(0, len(cuts), batch_size):
+            part = slice(begin, begin + batch_size)
+            rows = len(cuts[part])
+            if rows not in repeated:
+                window = torch.from_numpy(np.stack([ids] * rows)).to(device)
+                repeated[rows] = _forward(model, window, vocab_size)
+            batch = torch.from_numpy(np.stack(variants[part])).to(device)
+            _compare_cuts(model, batch, repeated[rows], cuts[part], label, vocab_size)
 
 
 def _causal_windows(
@@ -323,16 +334,16 @@ def _replace_after(ids: np.ndarray, t: int, limit: int, rng: np.random.Generator
     return changed
 
 
-def _compare_cuts(model, ids, cuts, variants, label: str, vocab_size: int, device) -> None:
-    """One call on the window and its variants; ValueError if a logit at a position ≤ t moved."""
-    batch = torch.from_numpy(np.stack([ids, *variants])).to(device)
+def _compare_cuts(model, batch, reference, cuts, label: str, vocab_size: int) -> None:
+    """ValueError if the logits of row r of `batch` (cut after cuts[r]) at a position ≤ t differ
+    from those of row r of `reference`, the window's own in a call of the same shape."""
     logits = _forward(model, batch, vocab_size)
-    # Exact comparison, no tolerance: the rows of one call go through the same kernels with the
-    # same shapes, and a causal model computes its logits at positions ≤ t from identical
+    # Exact comparison, no tolerance: row r of either call goes through the same kernels with
+    # the same shapes, and a causal model computes its logits at positions ≤ t from identical
     # values (masked attention adds exact zeros), so they agree bit for bit. A tolerance would
     # let a small enough leak through, and the bound profits from any leak.
-    for row, t in enumerate(cuts, start=1):
-        moved = _differs(logits[row, : t + 1], logits[0, : t + 1]).any(dim=1)
+    for row, t in enumerate(cuts):
+        moved = _differs(logits[row, : t + 1], reference[row, : t + 1]).any(dim=1)
         if moved.any():
             position = int(moved.nonzero()[0, 0])
             _refuse(model, batch, logits, vocab_size, label, t, position)
@@ -384,12 +395,14 @@ def corpus_digest(corpus: TokenCorpus) -> str:
 
 
 class _Scorer:
-    """Per-token losses, forecasts and squared deviations from logits [R, V].
+    """Per-token losses, forecasts and squared deviations from a batch's logits [N, V].
 
-    The [R, V] work arrays are allocated once and reused (in-place operations): fresh
-    allocations of this size cost more in page faults than the arithmetic. The passes over the
-    vocabulary run in single precision, as the logits are; what a loss needs is summed in
-    float64.
+    The passes over the vocabulary run in the logits' precision (single, or double for a
+    model that computes in double), a chunk of rows at a time, so that the chunk stays in the
+    processor's cache from one pass to the next: the maximum, the softmax p, its largest
+    entry, the entropy forecasts (a histogram of p for a large vocabulary) and, for k > 1, the
+    rank and the top-k mass. What needs no pass over the vocabulary (the losses, reading the
+    histograms) is done once per batch. The chunks' work arrays are allocated once and reused.
     """
 
     def __init__(self, alphas, top_k, vocab_size: int, device: str) -> None:
@@ -398,45 +411,72 @@ class _Scorer:
         self.low, self.width = ranges[:, 0], ranges[:, 1] - ranges[:, 0]
         self.k = np.array(top_k, dtype=np.int64)
         self.rows_per_chunk = max(1, _CHUNK_BYTES // (8 * vocab_size))
-        shape = (self.rows_per_chunk, vocab_size)
         self.index = torch.arange(vocab_size, device=device)
-        self.work: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
-        self.bins = torch.empty(shape, dtype=torch.int64, device=device)
         alpha = torch.tensor(alphas, dtype=torch.float64, device=device)[:, None]
         self.kept, self.spread = 1.0 - alpha, alpha / vocab_size  # [A, 1]: p̃ = kept p + spread
+        self.exact = vocab_size <= _EXACT_ENTROPY_VOCAB
+        shape = (self.rows_per_chunk, vocab_size)
         self.above = torch.empty(shape, dtype=torch.bool, device=device)
         self.before = torch.empty(shape, dtype=torch.bool, device=device)
+        if not self.exact:
+            self.bits = torch.empty(shape, dtype=torch.int32, device=device)
+            self.bins = torch.empty(shape, dtype=torch.int64, device=device)
+            self.packed = torch.empty(shape, dtype=torch.float64, device=device)
 
-    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """(ln p of the target, its rank, the entropy forecasts, the top-k masses) for the rows
-        of `logits` (at most a chunk); `deviations` turns them into the summed fields."""
-        rows = len(logits)
+    def score(
+        self, logits: torch.Tensor, rows: np.ndarray, targets: torch.Tensor
+    ) -> tuple[np.ndarray, ...]:
+        """(ln p of the target, its rank, the entropy forecasts, the top-k masses) of the rows
+        `rows` (increasing) of `logits` [N, V], whose next tokens are `targets`;
+        `deviations` turns them into the summed fields."""
+        count, device = len(rows), logits.device
         # Single precision unless the model computes in double: never below the model's own.
-        z = logits if logits.dtype == torch.float64 else logits.float()
-        shifted, weights, scaled, spare, ones = (array[:rows] for array in self._work(z))
-        peak = z.amax(1, keepdim=True)  # NaN if any logit is NaN
-        z_target = z.gather(1, targets[:, None])
-        # A −∞ logit is a probability of 0, harmless unless it is the target's.
-        if not (torch.isfinite(peak).all() and torch.isfinite(z_target).all()):
-            raise ValueError(
-                "the model returned a non-finite logit (NaN, +inf, or -inf for a target)"
-            )
-        # ln p_v = (z_v − max z) − ln Σ exp(z − max z)
-        torch.sub(z, peak, out=shifted)
-        torch.exp(shifted, out=weights)
-        total = weights.sum(1, keepdim=True, dtype=torch.float64)
-        log_p_target = ((z_target.double() - peak.double()) - total.log())[:, 0]
-        rank = self._rank(z, z_target, targets, peak)
-        entropy = self._entropy_bits(shifted, weights, total, (scaled, spare, ones))
-        if not self.top_k:
-            top_mass = total.new_zeros((rows, 0))
-        elif self.k.max() == 1:
-            # The largest exp(z − max) is exp(0) = 1, so the top-1 mass is p's largest entry
-            # 1/Σ exactly, without a pass over the vocabulary.
-            top_mass = 1.0 / total
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        peak, z_target, largest = (
+            torch.empty((count, 1), dtype=dtype, device=device) for _ in range(3)
+        )
+        rank = torch.empty(count, dtype=torch.int64, device=device)
+        top_mass = torch.empty((count, len(self.top_k)), dtype=torch.float64, device=device)
+        if self.exact:
+            entropy = torch.empty((count, len(self.alphas)), dtype=torch.float64, device=device)
+            total = torch.empty((count, 1), dtype=torch.float64, device=device)
         else:
-            top = torch.topk(weights, int(self.k.max()), dim=1).values.double().cumsum(1) / total
-            top_mass = top[:, torch.as_tensor(self.k - 1, device=z.device)]
+            histogram = torch.zeros((count, _BINS), dtype=torch.float64, device=device)
+        for begin in range(0, count, self.rows_per_chunk):
+            part = slice(begin, begin + self.rows_per_chunk)
+            z = _rows(logits, rows[part]).to(dtype)
+            torch.amax(z, 1, keepdim=True, out=peak[part])  # NaN if any logit is NaN
+            torch.gather(z, 1, targets[part, None], out=z_target[part])
+            # A −∞ logit is a probability of 0, harmless unless it is the target's. (A few
+            # values each: checked in Python, cheaper than tensor operations at this size.)
+            checked = peak[part].view(-1).tolist() + z_target[part].view(-1).tolist()
+            if not all(map(math.isfinite, checked)):
+                raise ValueError(
+                    "the model returned a non-finite logit (NaN, +inf, or -inf for a target)"
+                )
+            p = torch.softmax(z, 1)
+            torch.amax(p, 1, keepdim=True, out=largest[part])
+            rank[part] = self._rank(z, z_target[part], targets[part], peak[part])
+            if self.top_k and self.k.max() > 1:
+                cumulative = torch.topk(p, int(self.k.max()), dim=1).values.double().cumsum(1)
+                top_mass[part] = cumulative[:, torch.as_tensor(self.k - 1, device=device)]
+            if self.exact:
+                entropy[part] = self._exact_entropy_bits(p)
+                torch.sum(p, 1, keepdim=True, dtype=torch.float64, out=total[part])
+            else:
+                self._add_to_histogram(p, histogram[part])
+        if not self.exact:
+            counts = torch.floor(histogram / 2 + 0.25)
+            masses = histogram - 2 * counts  # m_b, up to the rounding of the sums
+            total = masses.sum(1, keepdim=True)
+            entropy = self._histogram_entropy_bits(counts, masses.clamp_(min=0.0))
+        # Σ_v p_v / max_v p_v = Σ_v exp(z_v − max z), so ln p_y = (z_y − max z) − ln of it:
+        # finite however small p_y is, and with Σ p summed in double precision (read from the
+        # histogram for a large vocabulary) as accurate as p's single-precision entries.
+        log_normalizer = total.log() - largest.double().log()
+        log_p_target = (z_target.double() - peak.double() - log_normalizer)[:, 0]
+        if self.top_k and self.k.max() == 1:
+            top_mass = largest.double()
         return tuple(t.cpu().numpy() for t in (log_p_target, rank, entropy, top_mass))
 
     def _rank(self, z, z_target, targets, peak) -> torch.Tensor:
@@ -464,60 +504,55 @@ class _Scorer:
             rank[tied] += above[tied].logical_and_(before[tied]).sum(1)
         return rank
 
-    def _work(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Four [rows per chunk, V] work arrays of z's dtype and one of ones, allocated on
-        first use."""
-        if z.dtype not in self.work:
-            shape = (self.rows_per_chunk, self.vocab_size)
-            arrays = [torch.empty(shape, dtype=z.dtype, device=z.device) for _ in range(4)]
-            self.work[z.dtype] = (*arrays, torch.ones(shape, dtype=z.dtype, device=z.device))
-        return self.work[z.dtype]
+    def _exact_entropy_bits(self, p: torch.Tensor) -> torch.Tensor:
+        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], summed over the ids one α at a time
+        (in p's precision): the cheaper way for a small vocabulary."""
+        entropy = torch.empty((len(p), len(self.alphas)), dtype=torch.float64, device=p.device)
+        smoothed, logs = torch.empty_like(p), torch.empty_like(p)
+        for column, alpha in enumerate(self.alphas):
+            torch.mul(p, 1.0 - alpha, out=smoothed).add_(alpha / self.vocab_size)
+            torch.log(smoothed, out=logs)
+            entropy[:, column] = torch.linalg.vecdot(smoothed, logs).double() / -LN2
+        return entropy
 
-    def _entropy_bits(self, shifted, weights, total, work) -> torch.Tensor:
-        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A]: exactly (in the logits' precision)
-        when V ≤ 512, from a histogram of ln p otherwise.
+    def _add_to_histogram(self, p: torch.Tensor, histogram: torch.Tensor) -> None:
+        """Adds 2 + p_v to the bin of id v in each row of `histogram` [R, _BINS] (float64): the
+        bin named by the first 12 bits of p_v in single precision (sign, exponent, 3 bits of
+        mantissa), so that the probabilities of a bin differ by a factor of at most 9/8.
+        A bin of n_b ids of total probability m_b ≤ 1 then holds 2 n_b + m_b."""
+        rows = len(p)
+        single = p if p.dtype == torch.float32 else p.float()
+        bits, bins, packed = self.bits[:rows], self.bins[:rows], self.packed[:rows]
+        torch.bitwise_right_shift(single.view(torch.int32), _BIN_SHIFT, out=bits)
+        bins.copy_(bits)  # scatter_add_ takes int64 indexes; shifting into int64 costs more
+        packed.copy_(p).add_(2.0)
+        histogram.scatter_add_(1, bins, packed)
+
+    def _histogram_entropy_bits(self, counts: torch.Tensor, masses: torch.Tensor) -> torch.Tensor:
+        """H(p̃) = −Σ_v p̃_v log₂ p̃_v for every α, [R, A], approximated from the ids' counts
+        and total probabilities in the bins of `_add_to_histogram` ([R, _BINS] each).
 
         The entropy is only the forecast c_t of the Bernstein bound, which may be any function
-        of the context computed the same way every time. With no more ids than the histogram
-        has bins, the sum over the ids, one α at a time, costs less. Otherwise the ids are put
-        in bins b of 1/8 nat by ln p_v − ln max p (the last bin takes everything 64 nats down
-        or more); with n_b ids of total probability m_b in bin b, each id is given its bin's
-        mean p̄_b = m_b / n_b, so
+        of the context computed the same way every time. With n_b ids of total probability m_b
+        in bin b, each id is given its bin's mean p̄_b = m_b / n_b:
 
             H(p̃) ≈ −Σ_b ((1 − α) m_b + α n_b / V) log₂((1 − α) p̄_b + α / V),
 
         exact when the probabilities within each bin are equal, within about 10⁻³ bits
-        otherwise (ln p varies by at most 1/8 within a bin). One pass over the vocabulary
-        serves every α. Each row's bins are summed along its own row, so a row's forecast does
-        not depend on the rows scored with it.
+        otherwise; one pass over the vocabulary serves every α. (n_b and m_b are read from
+        2 n_b + m_b, whose rounding error is far below 1/4; a bin whose mass is below it reads
+        as mass 0.) Each row's bins are its own, so a row's forecast does not depend on the
+        rows scored with it.
         """
-        rows = len(shifted)
-        scaled, spare, ones = work
-        if self.vocab_size <= _BINS:
-            torch.div(weights, total.to(weights.dtype), out=scaled)  # p
-            entropy = total.new_empty((rows, len(self.alphas)))
-            for column, alpha in enumerate(self.alphas):
-                torch.mul(scaled, 1.0 - alpha, out=shifted).add_(alpha / self.vocab_size)  # p̃
-                torch.log(shifted, out=spare)
-                entropy[:, column] = torch.linalg.vecdot(shifted, spare).double() / -LN2
-            return entropy
-        bins = self.bins[:rows]
-        torch.mul(shifted, -_BINS_PER_NAT, out=scaled)
-        scaled.clamp_(max=_BINS - 1)
-        bins.copy_(scaled)  # truncation: the floor of a non-negative number
-        histogram = weights.new_zeros((2, rows, _BINS))
-        histogram[0].scatter_add_(1, bins, ones)  # n_b
-        histogram[1].scatter_add_(1, bins, weights)  # Σ exp(ln p − ln max p) over the bin
-        row, column = histogram[0].nonzero().T
-        n = histogram[0, row, column].double()
-        m = histogram[1, row, column].double() / total[row, 0]
+        row, column = counts.nonzero().T
+        n, m = counts[row, column], masses[row, column]
         log_smoothed = torch.log(self.kept * (m / n) + self.spread)  # [A, occupied]
         terms = (self.kept * m + self.spread * n) * log_smoothed
-        entropy = terms.new_zeros((len(self.alphas), rows)).index_add_(1, row, terms)
+        entropy = terms.new_zeros((len(self.alphas), len(counts))).index_add_(1, row, terms)
         return (entropy / -LN2).T
 
     def deviations(self, log_p_target, rank, entropy, top_mass) -> dict[str, np.ndarray]:
-        """Per-token values of every summed field (for all the chunks of a batch at once)."""
+        """Per-token values of every summed field."""
         rows = len(rank)
         smoothed = np.array(
             [smoothed_log_loss(log_p_target, alpha, self.vocab_size) for alpha in self.alphas]
@@ -546,20 +581,17 @@ def _evaluate_batch(model, corpus: TokenCorpus, windows: np.ndarray, scorer: _Sc
     flat_logits = logits.reshape(-1, scorer.vocab_size)
     rows = np.flatnonzero(scored)
     flat_targets = torch.from_numpy(targets.reshape(-1)[rows]).to(device)
-    rows_on_device = torch.from_numpy(rows).to(device)
-    chunks = []
-    for begin in range(0, len(rows), scorer.rows_per_chunk):
-        part = slice(begin, begin + scorer.rows_per_chunk)
-        first, last = rows[part][[0, -1]]
-        if last - first == len(rows[part]) - 1:  # consecutive rows: a view, not a copy
-            chunk = flat_logits[first : last + 1]
-        else:
-            chunk = flat_logits[rows_on_device[part]]
-        chunks.append(scorer.score(chunk, flat_targets[part]))
-    per_row = scorer.deviations(*(np.concatenate(values) for values in zip(*chunks, strict=True)))
+    per_row = scorer.deviations(*scorer.score(flat_logits, rows, flat_targets))
     # Rows come in window order and every window scores at least one token.
     first_rows = np.searchsorted(rows // inputs.shape[1], np.arange(len(windows)))
     return {name: np.add.reduceat(values, first_rows, axis=0) for name, values in per_row.items()}
+
+
+def _rows(logits: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """Rows `rows` (increasing) of `logits`: a view when they are consecutive, else a copy."""
+    if rows[-1] - rows[0] == len(rows) - 1:
+        return logits[rows[0] : rows[-1] + 1]
+    return logits[torch.from_numpy(rows).to(logits.device)]
 
 
 def _batch_arrays(corpus: TokenCorpus, windows: np.ndarray, vocab_size: int):

@@ -44,8 +44,10 @@ from bounds.tasks.language.tokens import TokenCorpus, token_windows
 
 LN2 = math.log(2.0)
 #: Bytes of one int64 [rows, V] work array; the scorer keeps it, a float64 one, an int32 one and
-#: two boolean ones, and makes the softmax p of each chunk. Large enough that the fixed cost of
-#: each chunk's dozen operations is spread over many tokens (20 rows of GPT-2's 50 257).
+#: two boolean ones, and makes the softmax p of each chunk. Small enough that a chunk stays in
+#: the processor's cache from one pass to the next, large enough to spread the fixed cost of
+#: its dozen operations over several tokens: 5 rows of GPT-2's 50 257, the fastest of 1 to 20
+#: (`benchmarks/results/scoring.md`).
 _CHUNK_BYTES = 2 << 20
 #: The entropy forecasts: a sum over the ids up to this vocabulary size, a histogram of p above
 #: it, whose bins are named by the first 12 bits of p in single precision (p ≤ 1 keeps them
@@ -518,8 +520,9 @@ class _Scorer:
     def _add_to_histogram(self, p: torch.Tensor, histogram: torch.Tensor) -> None:
         """Adds 2 + p_v to the bin of id v in each row of `histogram` [R, _BINS] (float64): the
         bin named by the first 12 bits of p_v in single precision (sign, exponent, 3 bits of
-        mantissa), so that the probabilities of a bin differ by a factor of at most 9/8.
-        A bin of n_b ids of total probability m_b ≤ 1 then holds 2 n_b + m_b."""
+        mantissa), so that the probabilities of a bin differ by a factor of at most 9/8 (those
+        below 1.2 · 10⁻³⁸, subnormal or 0, share a few bins). A bin of n_b ids of total
+        probability m_b ≤ 1 then holds 2 n_b + m_b."""
         rows = len(p)
         single = p if p.dtype == torch.float32 else p.float()
         bits, bins, packed = self.bits[:rows], self.bins[:rows], self.packed[:rows]

@@ -186,7 +186,7 @@ def test_requential_student_bounds_cover_its_exact_sequential_risk():
                 bound = by_method[method]
                 name = loss if loss == "top1" else f"bits@{bound.terms['alpha']}"
                 empirical, target = exact[name]
-                # The scorer forms exp(z − max z) in single precision, as the logits are.
+                # The scorer's softmax is single precision, as the student's logits are.
                 assert math.isclose(bound.empirical_risk, empirical, rel_tol=1e-7)
                 assert recomputed(bound, certificate.code_bits) == bound.value
                 for key, value in (

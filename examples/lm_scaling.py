@@ -48,14 +48,15 @@ def main() -> None:
     parser.add_argument("--teacher-width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--context", type=int, default=64, help="also the generated length")
-    parser.add_argument("--teacher-steps", type=int, default=3000)
-    parser.add_argument("--steps", type=int, default=3000, help="parameter-code models' steps")
+    parser.add_argument("--teacher-steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2000, help="parameter-code models' steps")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--sequences", type=int, default=1024, help="generated sequences N")
     parser.add_argument("--student-lr", type=float, default=3e-3)
     parser.add_argument("--final-epochs", type=int, default=4)
-    parser.add_argument("--steps-per-chunk", type=int, default=16)
-    parser.add_argument("--max-file-bytes", type=int, default=8192)
+    parser.add_argument("--chunk", type=int, default=64, help="sequences generated together")
+    parser.add_argument("--steps-per-chunk", type=int, default=64)
+    parser.add_argument("--max-file-bytes", type=int, default=4096)
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     torch.save(teacher.state_dict(), args.out / "teacher.pt")
     print(f"teacher (width {args.teacher_width}) trained: {time.perf_counter() - start:.0f} s")
     schedule = Schedule(
-        chunk=16,
+        chunk=args.chunk,
         steps_per_chunk=args.steps_per_chunk,
         batch_size=16,
         lr=args.student_lr,
@@ -185,6 +186,7 @@ def _plot(rows: list[dict], path: Path, delta: float) -> None:
     """Two panels over student parameters: the bits-per-byte bound with the train and
     held-out bits of each code, and K."""
     import matplotlib
+    import matplotlib.ticker
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -205,6 +207,7 @@ def _plot(rows: list[dict], path: Path, delta: float) -> None:
                      label=f"{code}: held out")  # fmt: skip
             bottom.plot(params, [r["code_bits"] for r in mine], "o-", color=color, label=code)
         top.set_xscale("log")
+        top.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # they overlap
         top.set_ylabel("bits per byte")
         top.set_title(f"byte-level LMs, bounds at δ = {delta:g} (simultaneous)")
         top.legend(fontsize=5, ncol=2)

@@ -682,9 +682,10 @@ class _Run:
 
 
 @contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
+def _deterministic() -> Iterator[int]:
     """One thread and deterministic algorithms (so that the decoder's arithmetic repeats the
-    encoder's), inside a fork of torch's global generator; everything restored after."""
+    encoder's), inside a fork of torch's global generator; everything restored after. Yields
+    the caller's thread count, which the teacher may use (`_teaching`)."""
     threads = torch.get_num_threads()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -692,10 +693,24 @@ def _deterministic() -> Iterator[None]:
     torch.use_deterministic_algorithms(True)
     try:
         with torch.random.fork_rng(devices=[]):
-            yield
+            yield threads
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=warn_only)
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _teaching(threads: int) -> Iterator[None]:
+    """Inside `_deterministic`, around the teacher's forward passes: the caller's `threads`,
+    since the decoder never runs the teacher and its rounding need not repeat, and a fork of
+    torch's generator, since a teacher that draws random numbers must not shift the student's
+    training noise, which the decoder replays without a teacher."""
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(1)
 
 
 class _Student:
@@ -756,13 +771,6 @@ def _log_probs(model: nn.Module, inputs: torch.Tensor, classes: int, who: str) -
     return log_softmax(logits)
 
 
-def _teacher_log_probs(teacher: nn.Module, inputs: torch.Tensor, classes: int) -> np.ndarray:
-    # In a fork of the global generator: a teacher that draws random numbers must not shift the
-    # student's training noise, which the decoder replays without a teacher.
-    with torch.random.fork_rng(devices=[]):
-        return _log_probs(teacher, inputs, classes, "teacher")
-
-
 @contextlib.contextmanager
 def _evaluating(model: nn.Module | None) -> Iterator[None]:
     """`model` in eval mode, its mode restored after."""
@@ -791,14 +799,15 @@ def _run(
     inputs = prior.pool[:count]
     labels = torch.zeros(count, dtype=torch.int64)
     agreed, costs = np.zeros(count, dtype=bool), np.zeros(count)
-    with _deterministic(), _evaluating(teacher):
+    with _deterministic() as threads, _evaluating(teacher):
         student = _Student(prior)
         for number, start in enumerate(range(0, count, schedule.chunk)):
             stop = min(start + schedule.chunk, count)
             log_p = student.log_probs(inputs[start:stop])
             log_q = None
             if teacher is not None:
-                log_q = _teacher_log_probs(teacher, inputs[start:stop], prior.classes)
+                with _teaching(threads):
+                    log_q = _log_probs(teacher, inputs[start:stop], prior.classes, "teacher")
             chunk = coder.chunk(stream, np.arange(start, stop), log_p, log_q)
             labels[start:stop] = torch.from_numpy(chunk.labels)
             agreed[start:stop], costs[start:stop] = chunk.agreed, chunk.costs
@@ -810,7 +819,9 @@ def _run(
             if progress is not None:
                 progress(chunks + epoch + 1, chunks + schedule.final_epochs)
         student.network.eval()
-        agreement = None if teacher is None else _agreement(student.network, teacher, inputs)
+        agreement = None
+        if teacher is not None:
+            agreement = _agreement(student.network, teacher, inputs, threads)
     return _Run(student.network, agreed, costs, coder.expert_bits(), agreement)
 
 
@@ -821,12 +832,13 @@ def _coder(prior: Any, *, sampled: bool) -> _Requential | _Prequential:
     return _Prequential(prior.seed, prior.classes, sampled=sampled)
 
 
-def _agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> float:
+def _agreement(student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, threads: int) -> float:
     """Fraction of the inputs on which the student's and the teacher's predictions agree."""
     with torch.no_grad():
         mine = student(inputs).argmax(dim=1).cpu()
         device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-        theirs = teacher(inputs.to(device)).argmax(dim=1).cpu()
+        with _teaching(threads):
+            theirs = teacher(inputs.to(device)).argmax(dim=1).cpu()
     return float((mine == theirs).double().mean())
 
 

@@ -52,6 +52,7 @@ from .requential import (
     _Run,
     _Stream,
     _Student,
+    _teaching,
     log_softmax,
 )
 
@@ -158,7 +159,7 @@ class SequencePrior:
         sequences = torch.full((count, length + 1), self.start_token, dtype=torch.int64)
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
         agreed, costs = np.zeros((count, length), dtype=bool), np.zeros((count, length))
-        with _deterministic(), _evaluating(teacher):
+        with _deterministic() as threads, _evaluating(teacher):
             student = _Student(self)
             for number, start in enumerate(range(0, count, schedule.chunk)):
                 stop = min(start + schedule.chunk, count)
@@ -168,9 +169,7 @@ class SequencePrior:
                     log_p = _next_log_probs(student.network, prefix, self.classes, "student")
                     log_q = None
                     if teacher is not None:
-                        # A teacher that draws random numbers must not shift the student's
-                        # training noise, which the decoder replays without a teacher.
-                        with torch.random.fork_rng(devices=[]):
+                        with _teaching(threads):
                             log_q = _next_log_probs(teacher, prefix, self.classes, "teacher")
                     indexes = np.arange(start, stop) * length + position - 1
                     chunk = coder.chunk(stream, indexes, log_p, log_q)
@@ -188,7 +187,7 @@ class SequencePrior:
             agreement = None
             if teacher is not None:
                 agreement = _agreement(
-                    student.network, teacher, inputs, self.classes, schedule.chunk
+                    student.network, teacher, inputs, self.classes, schedule.chunk, threads
                 )
         return _Run(
             student.network, agreed.reshape(-1), costs.reshape(-1), coder.expert_bits(), agreement
@@ -224,7 +223,12 @@ def _next_log_probs(model: nn.Module, prefix: torch.Tensor, vocab_size: int, who
 
 
 def _agreement(
-    student: nn.Module, teacher: nn.Module, inputs: torch.Tensor, vocab_size: int, batch: int
+    student: nn.Module,
+    teacher: nn.Module,
+    inputs: torch.Tensor,
+    vocab_size: int,
+    batch: int,
+    threads: int,
 ) -> float:
     """Fraction of the generated positions where the student's and the teacher's next-token
     predictions (argmax) agree."""
@@ -232,7 +236,7 @@ def _agreement(
     for start in range(0, inputs.shape[0], batch):
         ids = inputs[start : start + batch]
         mine = _logits(student, ids, vocab_size, "student").argmax(-1).cpu()
-        with torch.random.fork_rng(devices=[]):
+        with _teaching(threads):
             theirs = _logits(teacher, ids, vocab_size, "teacher").argmax(-1).cpu()
         same += int((mine == theirs).sum())
     return same / inputs.numel()

@@ -171,6 +171,39 @@ def test_a_teacher_that_draws_random_numbers_changes_nothing():
     assert_same_student(quiet.student, noisy.student)
 
 
+class Threads(torch.nn.Module):
+    """`network`, noting the thread count torch uses for each of its forward passes."""
+
+    def __init__(self, network: torch.nn.Module, seen: set[int]) -> None:
+        super().__init__()
+        self.network, self.seen = network, seen
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.seen.add(torch.get_num_threads())
+        return self.network(ids)
+
+
+def test_the_teacher_runs_on_the_callers_threads_and_the_student_on_one():
+    """The decoder never runs the teacher, so its passes may use every thread; the student's
+    must repeat bit for bit, on one."""
+    student_threads, teacher_threads = set(), set()
+    prior = make_prior(
+        student=lambda seed: Threads(STUDENT.build(seed), student_threads),
+        student_fingerprint="threads",
+        student_spec="threads",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = encode(Threads(Sharpened().eval(), teacher_threads), prior, 0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert teacher_threads == {2} and student_threads == {1}
+    decoded = RequentialCode.from_bytes(code.to_bytes(), prior)
+    assert_same_student(code.student, decoded.student)
+
+
 def flip(word: bytes, bit: int) -> bytes:
     data = bytearray(word)
     data[bit // 8] ^= 0x80 >> (bit % 8)
@@ -261,6 +294,71 @@ def test_a_student_that_peeks_is_refused_before_any_bound():
             code=RequentialCodes(prior),
             quiet=True,
         )
+
+
+def test_one_sequence_count_evaluates_the_decoded_student_alone(teacher, monkeypatch):
+    """With nothing to choose, the encoder's student is not scored: the training corpus is
+    scored twice, for the teacher's row and for the student the decoder re-trained."""
+    from bounds.tasks.language.task import LanguageModelling
+
+    scored = []
+    evaluate = LanguageModelling.evaluate
+
+    def counting(self, model, data, description, **options):
+        scored.append(model)
+        return evaluate(self, model, data, description, **options)
+
+    monkeypatch.setattr(LanguageModelling, "evaluate", counting)
+    prior = make_prior(dataclasses.replace(SMALL, label_counts=(8,)))
+    certificate = bounds.certify_lm(
+        teacher, markov_corpus(), context=LENGTH, code=RequentialCodes(prior), quiet=True
+    )
+    decoded_student = certificate.code.student
+    assert scored[0] is teacher and scored[1:] == [decoded_student]
+    (candidate,) = certificate.candidates
+    headline = certificate.bounds["bits"]["token_bernstein"].value
+    assert candidate["evaluated"] and candidate["bound"] == headline
+    assert candidate["bits"] == certificate.code_bits
+    assert "evaluation" in certificate.timings and "decode" in certificate.timings
+
+
+def test_a_sweep_of_students_scores_the_teacher_once(monkeypatch):
+    """The teacher's row is made once per module object and tensors: certifying it again with
+    another student reuses it; changed weights, or another object, are scored afresh."""
+    from bounds.tasks.language.task import LanguageModelling
+
+    scored = []
+    evaluate = LanguageModelling.evaluate
+
+    def counting(self, model, data, description, **options):
+        scored.append(model)
+        return evaluate(self, model, data, description, **options)
+
+    monkeypatch.setattr(LanguageModelling, "evaluate", counting)
+    teacher = Sharpened().eval()
+    one_count = dataclasses.replace(SMALL, label_counts=(8,))
+
+    def certify(seed: int, model: torch.nn.Module = teacher) -> bounds.Certificate:
+        return bounds.certify_lm(
+            model,
+            markov_corpus(),
+            context=LENGTH,
+            code=RequentialCodes(make_prior(one_count, init_seed=seed)),
+            quiet=True,
+        )
+
+    first, second = certify(0), certify(1)
+    assert [model is teacher for model in scored] == [True, False, False]
+    assert second.train["float"] == first.train["float"]
+    assert "float_evaluation" in second.timings
+    with torch.no_grad():
+        teacher.network.head.weight[0] += 1.0
+    changed = certify(0)
+    assert scored[3] is teacher and changed.train["float"] != first.train["float"]
+    twin = Sharpened().eval()
+    twin.load_state_dict(teacher.state_dict())
+    certify(0, twin)
+    assert scored[5] is twin and len(scored) == 7
 
 
 def test_certify_lm_certifies_the_decoded_student(teacher):

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import platform
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +125,7 @@ def certify(
     data = task.prepare(train_data, code.grid_size())
     clock = Stopwatch()
 
-    float_eval = clock.time("float_evaluation", lambda: task.evaluate(model, data, "float model"))
+    float_eval = clock.time("float_evaluation", lambda: _float_evaluation(task, model, data))
 
     def headline(bits: int, evaluation: Any) -> float:
         loss, method = task.headline
@@ -193,6 +194,27 @@ def certify(
         versions=versions(),
         code=word,
     )
+
+
+#: The float models' evaluations, by module object, with the key they were made under.
+_FLOAT_EVALUATIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _float_evaluation(task: Task, model: Any, data: Any) -> Any:
+    """The float model's evaluation, made once per module object and `task.evaluation_key`
+    (its tensors bit for bit, the data, the settings): a sweep that certifies one trained
+    model under several codes (students of several widths, say) scores it once. It enters
+    no bound: the bounds are the decoded model's, always evaluated afresh."""
+    key_of = getattr(task, "evaluation_key", None)
+    if key_of is None or not isinstance(model, torch.nn.Module):
+        return task.evaluate(model, data, "float model")
+    key = key_of(model, data)
+    made = _FLOAT_EVALUATIONS.get(model)
+    if made is not None and made[0] == key:
+        return made[1]
+    evaluation = task.evaluate(model, data, "float model")
+    _FLOAT_EVALUATIONS[model] = (key, evaluation)
+    return evaluation
 
 
 def _family(task, grid, prior, architecture, opaque, qat_epochs, qat_lr, search) -> CodeFamily:

@@ -288,22 +288,19 @@ class RequentialCodes:
         from quantize.requential import RequentialCode, encode
 
         counts, unit = self.prior.schedule.label_counts, self.prior.units[0]
+        # With one count there is nothing to choose: only the decoded student is evaluated.
+        choosing = len(counts) > 1
         candidates, best = [], None
         with progress_bar("requential encoding", len(counts), scoring.quiet) as steps:
             for index, labels in enumerate(counts):
                 code = scoring.time("encode", lambda i=index: encode(model, self.prior, i))
-                evaluation = scoring.evaluate(code.student)
-                bound = scoring.headline(code.bits, evaluation)
-                candidates.append(
-                    {
-                        "index": index,
-                        "config": {unit: labels},
-                        "bits": code.bits,
-                        "evaluated": True,
-                        **scoring.describe(evaluation),
-                        "bound": bound,
-                    }
-                )
+                candidate = {"index": index, "config": {unit: labels}, "bits": code.bits}
+                bound = None
+                if choosing:
+                    evaluation = scoring.evaluate(code.student)
+                    bound = scoring.headline(code.bits, evaluation)
+                    candidate.update(evaluated=True, **scoring.describe(evaluation), bound=bound)
+                candidates.append(candidate)
                 if best is None or (bound, code.bits) < best[0]:
                     best = ((bound, code.bits), code)
                 steps.advance()
@@ -311,6 +308,11 @@ class RequentialCodes:
         # The bound is about what the decoder makes of the bytes: decode (re-train) them.
         decoded = scoring.time("decode", lambda: RequentialCode.from_bytes(word, self.prior))
         student = decoded.student
+        evaluation = None
+        if not choosing:
+            evaluation = scoring.time("evaluation", lambda: scoring.evaluate(student))
+            bound = scoring.headline(decoded.bits, evaluation)
+            candidates[0].update(evaluated=True, **scoring.describe(evaluation), bound=bound)
         return Selection(
             decoded,
             word,
@@ -324,6 +326,7 @@ class RequentialCodes:
                 " The certified model is the student the decoder re-trains from the word"
                 " (its 'float' row is the teacher's)."
             ),
+            evaluation=evaluation,
         )
 
     def decode(self, word: bytes, model: torch.nn.Module | None) -> Decoding:

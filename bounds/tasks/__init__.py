@@ -25,12 +25,15 @@ class Task(Protocol):
     Evaluations are opaque to the pipeline; in a process group `evaluate` must return the
     same result on every rank as one process would.
 
-    Two methods are optional. ``training_loader(data)``: the loader quantization-aware
+    Three methods are optional. ``training_loader(data)``: the loader quantization-aware
     fine-tuning trains on. ``screen(data, evaluation, delta, *, seed, miss)``: a
     `bounds.pipeline.search.Screen` that estimates a candidate's headline bound from a
     seeded subsample of the training data, so that the search evaluates only the most
     promising candidates on all of it (None, or no such method: every candidate that can
-    still win is evaluated in full).
+    still win is evaluated in full). ``evaluation_key(model, data)``: a string naming all
+    that `evaluate` depends on besides the module object itself (its tensors, the data, the
+    settings), so that certifying one trained module again, under another code, reuses its
+    evaluation (no such method: it is evaluated every time).
     """
 
     name: str

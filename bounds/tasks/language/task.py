@@ -189,6 +189,14 @@ class LanguageModelling:
         names = ("context", "stride", "alphas", "top_k", "batch_size", "device", "quiet")
         return {name: getattr(self, name) for name in names}
 
+    def evaluation_key(self, model: Any, data: Any) -> str:
+        """What `evaluate` depends on besides the module: its tensors and the documents
+        (sha256 of each), the settings and torch's thread count (`bounds.tasks.Task`)."""
+        import torch
+
+        corpus = data.corpus if isinstance(data, Plan) else data
+        return repr((sorted(self._agreed(model, corpus).items()), torch.get_num_threads()))
+
     def _agreed(self, model: Any, corpus: Any) -> dict[str, Any]:
         """What all ranks must share for their per-window sums to add up to one evaluation."""
         import torch

@@ -53,7 +53,8 @@ so far: after each chunk ``steps_per_chunk`` steps, each on ``min(batch_size, n)
 labels drawn without replacement (``torch.randperm(n)``, one torch generator seeded with σ);
 after the last chunk ``final_epochs`` epochs over all N labels in a fresh ``randperm(N)`` order
 each, in batches of ``batch_size`` (the last one smaller). Torch's global generator (dropout) is
-seeded with σ, torch runs on one thread with deterministic algorithms (settings restored after).
+seeded with σ, torch runs the student on one thread with deterministic algorithms (settings
+restored after); the teacher, which the decoder never runs, keeps the caller's threads.
 
 Integer tables. Every symbol is range coded (constriction's ``RangeEncoder``, Bamler 2022,
 arXiv:2201.01741) under an integer frequency table c with c_y ≥ 1 and Σ c = T = 2²⁴, so
@@ -814,15 +815,28 @@ def _run(
             student.after_chunk(inputs, labels, stop)
             if progress is not None:
                 progress(number + 1, chunks + schedule.final_epochs)
-        for epoch in range(schedule.final_epochs):
-            student.epoch(inputs, labels)
-            if progress is not None:
-                progress(chunks + epoch + 1, chunks + schedule.final_epochs)
-        student.network.eval()
+        _final_epochs(student, inputs, labels, chunks, progress)
         agreement = None
         if teacher is not None:
             agreement = _agreement(student.network, teacher, inputs, threads)
     return _Run(student.network, agreed, costs, coder.expert_bits(), agreement)
+
+
+def _final_epochs(
+    student: _Student,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    chunks: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """After the last of `chunks` chunks: ``final_epochs`` epochs over all N labels, each
+    reported to `progress` (steps done, steps in all); the student is left in eval mode."""
+    final = student.schedule.final_epochs
+    for epoch in range(final):
+        student.epoch(inputs, labels)
+        if progress is not None:
+            progress(chunks + epoch + 1, chunks + final)
+    student.network.eval()
 
 
 def _coder(prior: Any, *, sampled: bool) -> _Requential | _Prequential:

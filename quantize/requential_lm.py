@@ -49,6 +49,7 @@ from .requential import (
     _coder,
     _deterministic,
     _evaluating,
+    _final_epochs,
     _Run,
     _Stream,
     _Student,
@@ -179,11 +180,7 @@ class SequencePrior:
                 student.after_chunk(inputs, targets, stop)
                 if progress is not None:
                     progress(number + 1, chunks + schedule.final_epochs)
-            for epoch in range(schedule.final_epochs):
-                student.epoch(inputs, targets)
-                if progress is not None:
-                    progress(chunks + epoch + 1, chunks + schedule.final_epochs)
-            student.network.eval()
+            _final_epochs(student, inputs, targets, chunks, progress)
             agreement = None
             if teacher is not None:
                 agreement = _agreement(

@@ -296,19 +296,25 @@ def test_a_student_that_peeks_is_refused_before_any_bound():
         )
 
 
-def test_one_sequence_count_evaluates_the_decoded_student_alone(teacher, monkeypatch):
-    """With nothing to choose, the encoder's student is not scored: the training corpus is
-    scored twice, for the teacher's row and for the student the decoder re-trained."""
+@pytest.fixture
+def scored(monkeypatch) -> list[torch.nn.Module]:
+    """The models the language task evaluates, in order, as certify runs."""
     from bounds.tasks.language.task import LanguageModelling
 
-    scored = []
+    models = []
     evaluate = LanguageModelling.evaluate
 
     def counting(self, model, data, description, **options):
-        scored.append(model)
+        models.append(model)
         return evaluate(self, model, data, description, **options)
 
     monkeypatch.setattr(LanguageModelling, "evaluate", counting)
+    return models
+
+
+def test_one_sequence_count_evaluates_the_decoded_student_alone(teacher, scored):
+    """With nothing to choose, the encoder's student is not scored: the training corpus is
+    scored twice, for the teacher's row and for the student the decoder re-trained."""
     prior = make_prior(dataclasses.replace(SMALL, label_counts=(8,)))
     certificate = bounds.certify_lm(
         teacher, markov_corpus(), context=LENGTH, code=RequentialCodes(prior), quiet=True
@@ -322,19 +328,9 @@ def test_one_sequence_count_evaluates_the_decoded_student_alone(teacher, monkeyp
     assert "evaluation" in certificate.timings and "decode" in certificate.timings
 
 
-def test_a_sweep_of_students_scores_the_teacher_once(monkeypatch):
+def test_a_sweep_of_students_scores_the_teacher_once(scored):
     """The teacher's row is made once per module object and tensors: certifying it again with
     another student reuses it; changed weights, or another object, are scored afresh."""
-    from bounds.tasks.language.task import LanguageModelling
-
-    scored = []
-    evaluate = LanguageModelling.evaluate
-
-    def counting(self, model, data, description, **options):
-        scored.append(model)
-        return evaluate(self, model, data, description, **options)
-
-    monkeypatch.setattr(LanguageModelling, "evaluate", counting)
     teacher = Sharpened().eval()
     one_count = dataclasses.replace(SMALL, label_counts=(8,))
 
